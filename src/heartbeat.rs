@@ -1,0 +1,69 @@
+//! Log lines that read like a heartbeat: one summary a second while something happens, nothing while
+//! idle. Per-request lines would cost more than the requests at 100k hits/s and drown the signal.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{RecvTimeoutError, Sender};
+
+use crate::engine::Shared;
+
+/// Starts the heartbeat; dropping the returned sender stops it.
+pub fn spawn(shared: Arc<Shared>) -> Option<(Sender<()>, JoinHandle<()>)> {
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let handle = std::thread::Builder::new()
+        .name("nitro-heartbeat".into())
+        .spawn(move || {
+            let s = &shared.stats;
+            let read = || {
+                [
+                    s.hits.load(Ordering::Relaxed),
+                    s.misses.load(Ordering::Relaxed),
+                    s.fill_bytes.load(Ordering::Relaxed),
+                    s.evictions.load(Ordering::Relaxed),
+                    s.fill_errors.load(Ordering::Relaxed),
+                ]
+            };
+            let mut last = read();
+            loop {
+                match stop_rx.recv_timeout(Duration::from_secs(1)) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                let now = read();
+                let d: Vec<u64> = now.iter().zip(&last).map(|(a, b)| a - b).collect();
+                last = now;
+                if d.iter().all(|&x| x == 0) {
+                    continue;
+                }
+                let pool = shared.arena.usage();
+                let pool_pct = 100.0 * pool.used_bytes as f64 / pool.pool_bytes.max(1) as f64;
+                if d[2] > 0 {
+                    let name = shared
+                        .last_fill
+                        .lock()
+                        .clone()
+                        .unwrap_or_else(|| "?".into());
+                    tracing::info!(
+                        "POOL-FILL {name} +{:.1} MiB/s pool {pool_pct:.1}%",
+                        d[2] as f64 / (1 << 20) as f64
+                    );
+                }
+                tracing::info!(
+                    "HIT {}/s MISS {}/s EVICT {}/s{} pool {pool_pct:.1}%",
+                    d[0],
+                    d[1],
+                    d[3],
+                    if d[4] > 0 {
+                        format!(" ERRORS {}", d[4])
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        })
+        .ok()?;
+    Some((stop_tx, handle))
+}

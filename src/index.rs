@@ -1,0 +1,349 @@
+//! The index: which arena block holds (file, chunk).
+//!
+//! Why sharded read-write locks and pins: FUSE worker threads look chunks up concurrently and must
+//! not queue behind one lock, so the map is split into shards and a lookup takes only a shard's read
+//! lock. A reader pins the slot while it still holds that read lock; an evictor removes an entry only
+//! under the shard's write lock and only when the pin count is zero. The two locks exclude each other,
+//! so a block is never reused under a reader, without epochs or hazard pointers.
+//!
+//! Why slots live outside the maps: slot metadata (block, length, hit bits) is preallocated at
+//! start-up and addressed by a small integer, so the eviction queues and the in-flight table refer to
+//! a `u32`, and a hit touches no allocator. Only the thread that owns the eviction policy (the ring
+//! thread) inserts and removes entries.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+
+use crate::arena::Block;
+
+/// A cache key: an internal file id (new for every version of a source file) and a chunk number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub file: u64,
+    pub chunk: u64,
+}
+
+impl Key {
+    /// A well-mixed 64-bit hash, used for shard choice and the ghost queue.
+    pub fn hash64(self) -> u64 {
+        let mut h = FxHasher::default();
+        h.write_u64(self.file);
+        h.write_u64(self.chunk);
+        h.finish()
+    }
+}
+
+/// A multiply-rotate hasher (the rustc Fx hash) finished with a mix; keys are two integers, SipHash's
+/// DoS resistance buys nothing here and costs a visible share of a 4 KiB hit.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        let mut x = self.hash;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x
+    }
+}
+
+type Shard = RwLock<HashMap<Key, u32, BuildHasherDefault<FxHasher>>>;
+
+/// What a stored block contains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// The chunk's bytes as in the source.
+    Raw,
+    /// An encoded block (see `codec`); `len` is the encoded length.
+    Encoded,
+}
+
+/// Per-slot metadata. Written by the owner thread before the slot is published in a shard and read
+/// by readers after they pin it under the shard lock, so relaxed atomics are enough: the lock orders
+/// them.
+pub struct Slot {
+    pins: AtomicU32,
+    /// Saturating access count for S3-FIFO (0..=3).
+    freq: AtomicU8,
+    form: AtomicU8,
+    block_offset: AtomicU64,
+    block_pages: AtomicU32,
+    /// Bytes valid in the block (raw: chunk length; encoded: encoded length).
+    len: AtomicU32,
+    /// Logical (decoded) length of the chunk.
+    logical_len: AtomicU32,
+    key_file: AtomicU64,
+    key_chunk: AtomicU64,
+}
+
+/// A slot as seen by a pinned reader.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotView {
+    pub block: Block,
+    pub len: usize,
+    pub logical_len: usize,
+    pub form: Form,
+}
+
+pub struct Index {
+    shards: Box<[Shard]>,
+    slots: Box<[Slot]>,
+    shard_mask: u64,
+}
+
+/// A pin on a slot: its block stays valid until this is dropped.
+pub struct Pin<'a> {
+    index: &'a Index,
+    slot: u32,
+    view: SlotView,
+}
+
+impl Pin<'_> {
+    pub fn view(&self) -> SlotView {
+        self.view
+    }
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let before = self.index.slots[self.slot as usize]
+            .pins
+            .fetch_sub(1, Ordering::Release);
+        debug_assert!(before > 0);
+    }
+}
+
+impl Index {
+    pub fn new(slot_count: u32, shard_count: usize) -> Index {
+        assert!(shard_count.is_power_of_two());
+        let per_shard = (slot_count as usize / shard_count).max(16) * 2;
+        let shards = (0..shard_count)
+            .map(|_| RwLock::new(HashMap::with_capacity_and_hasher(per_shard, Default::default())))
+            .collect();
+        let slots = (0..slot_count)
+            .map(|_| Slot {
+                pins: AtomicU32::new(0),
+                freq: AtomicU8::new(0),
+                form: AtomicU8::new(0),
+                block_offset: AtomicU64::new(0),
+                block_pages: AtomicU32::new(0),
+                len: AtomicU32::new(0),
+                logical_len: AtomicU32::new(0),
+                key_file: AtomicU64::new(0),
+                key_chunk: AtomicU64::new(0),
+            })
+            .collect();
+        Index {
+            shards,
+            slots,
+            shard_mask: shard_count as u64 - 1,
+        }
+    }
+
+    pub fn slot_count(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    fn shard(&self, key: Key) -> &Shard {
+        &self.shards[(key.hash64() & self.shard_mask) as usize]
+    }
+
+    /// Pins the chunk if cached. `touch` counts the access for eviction.
+    pub fn pin(&self, key: Key, touch: bool) -> Option<Pin<'_>> {
+        let shard = self.shard(key).read();
+        let slot = *shard.get(&key)?;
+        let s = &self.slots[slot as usize];
+        s.pins.fetch_add(1, Ordering::Acquire);
+        drop(shard);
+        if touch {
+            let f = s.freq.load(Ordering::Relaxed);
+            if f < 3 {
+                // A lost race only loses one count; it is a hint.
+                s.freq.store(f + 1, Ordering::Relaxed);
+            }
+        }
+        Some(Pin {
+            index: self,
+            slot,
+            view: self.view(slot),
+        })
+    }
+
+    /// Whether the chunk is cached, without pinning.
+    pub fn contains(&self, key: Key) -> bool {
+        self.shard(key).read().contains_key(&key)
+    }
+
+    fn view(&self, slot: u32) -> SlotView {
+        let s = &self.slots[slot as usize];
+        SlotView {
+            block: Block {
+                offset: s.block_offset.load(Ordering::Relaxed),
+                pages: s.block_pages.load(Ordering::Relaxed),
+            },
+            len: s.len.load(Ordering::Relaxed) as usize,
+            logical_len: s.logical_len.load(Ordering::Relaxed) as usize,
+            form: if s.form.load(Ordering::Relaxed) == 0 {
+                Form::Raw
+            } else {
+                Form::Encoded
+            },
+        }
+    }
+
+    /// Owner only: fills a free slot's metadata (before `publish`, or to swap the block of a slot the
+    /// owner has just unpublished).
+    pub fn set(&self, slot: u32, key: Key, view: SlotView) {
+        let s = &self.slots[slot as usize];
+        s.block_offset.store(view.block.offset, Ordering::Relaxed);
+        s.block_pages.store(view.block.pages, Ordering::Relaxed);
+        s.len.store(view.len as u32, Ordering::Relaxed);
+        s.logical_len.store(view.logical_len as u32, Ordering::Relaxed);
+        s.form.store(u8::from(view.form == Form::Encoded), Ordering::Relaxed);
+        s.key_file.store(key.file, Ordering::Relaxed);
+        s.key_chunk.store(key.chunk, Ordering::Relaxed);
+    }
+
+    /// Owner only: makes a filled slot visible to readers.
+    pub fn publish(&self, slot: u32, key: Key) {
+        let s = &self.slots[slot as usize];
+        s.freq.store(0, Ordering::Relaxed);
+        let old = self.shard(key).write().insert(key, slot);
+        assert!(old.is_none(), "key {key:?} published twice");
+    }
+
+    /// Owner only: removes the slot's entry if nobody holds a pin. Returns its view when removed;
+    /// the caller then owns the block and the slot.
+    pub fn try_remove(&self, slot: u32) -> Option<SlotView> {
+        let key = self.key_of(slot);
+        let mut shard = self.shard(key).write();
+        if self.slots[slot as usize].pins.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let removed = shard.remove(&key);
+        assert_eq!(removed, Some(slot), "slot {slot} not indexed under its key");
+        Some(self.view(slot))
+    }
+
+    pub fn key_of(&self, slot: u32) -> Key {
+        let s = &self.slots[slot as usize];
+        Key {
+            file: s.key_file.load(Ordering::Relaxed),
+            chunk: s.key_chunk.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn view_of(&self, slot: u32) -> SlotView {
+        self.view(slot)
+    }
+
+    pub fn freq(&self, slot: u32) -> u8 {
+        self.slots[slot as usize].freq.load(Ordering::Relaxed)
+    }
+
+    pub fn set_freq(&self, slot: u32, freq: u8) {
+        self.slots[slot as usize]
+            .freq
+            .store(freq, Ordering::Relaxed);
+    }
+
+    /// Number of entries (sums the shards; for reports).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of metadata this index holds (slots plus map capacity), reported apart from the pool.
+    pub fn overhead_bytes(&self) -> usize {
+        let map: usize = self
+            .shards
+            .iter()
+            .map(|s| s.read().capacity() * (std::mem::size_of::<(Key, u32)>() + 1))
+            .sum();
+        self.slots.len() * std::mem::size_of::<Slot>() + map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(offset: u64) -> SlotView {
+        SlotView {
+            block: Block { offset, pages: 1 },
+            len: 10,
+            logical_len: 10,
+            form: Form::Raw,
+        }
+    }
+
+    #[test]
+    fn pinned_slot_is_not_removed() {
+        let index = Index::new(8, 4);
+        let key = Key { file: 1, chunk: 2 };
+        index.set(3, key, view(4096));
+        index.publish(3, key);
+        let pin = index.pin(key, true).expect("cached");
+        assert_eq!(pin.view().block.offset, 4096);
+        assert_eq!(index.freq(3), 1);
+        assert!(index.try_remove(3).is_none(), "pinned");
+        drop(pin);
+        assert!(index.try_remove(3).is_some());
+        assert!(index.pin(key, false).is_none());
+    }
+
+    #[test]
+    fn pins_from_many_threads_balance() {
+        let index = std::sync::Arc::new(Index::new(64, 8));
+        for slot in 0..64u32 {
+            let key = Key {
+                file: 7,
+                chunk: u64::from(slot),
+            };
+            index.set(slot, key, view(u64::from(slot) * 4096));
+            index.publish(slot, key);
+        }
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let index = index.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10_000u64 {
+                        let key = Key {
+                            file: 7,
+                            chunk: (i * 7 + t) % 64,
+                        };
+                        let pin = index.pin(key, false).expect("cached");
+                        assert_eq!(pin.view().block.offset, key.chunk * 4096);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("join");
+        }
+        for slot in 0..64 {
+            assert!(index.try_remove(slot).is_some(), "pin leaked on {slot}");
+        }
+        assert!(index.is_empty());
+    }
+}

@@ -1,0 +1,150 @@
+//! The `nitro-uring` command: a thin shell over the library (parse, log setup, signals, exit codes).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nitro_uring::mount::{CacheMode, MountConfig, Mounted};
+use nitro_uring::size::parse_size;
+
+#[derive(Parser)]
+#[command(name = "nitro-uring", version, about = "A FUSE read-through RAM cache for large read-heavy files, filled by io_uring")]
+struct Cli {
+    /// More log lines (repeat for debug)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only warnings and errors
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount SOURCE at MOUNTPOINT, read-only, served from a RAM pool (foreground; Ctrl+C unmounts)
+    Mount(MountArgs),
+    /// Unmount a nitro-uring mount (the foreground daemon then exits)
+    Umount {
+        mountpoint: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct MountArgs {
+    source: PathBuf,
+    mountpoint: PathBuf,
+    /// RAM pool size: 8G, 512M, 1.5GiB, or a plain number of GB (8.0)
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pool: u64,
+    /// Cache unit (a power of two, 64KiB..64MiB)
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    chunk: u64,
+    /// FUSE worker threads (default: number of cores)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// How far sequential prefetch runs ahead of a reader (0 disables)
+    #[arg(long, default_value = "16MiB", value_parser = parse_readahead)]
+    readahead: u64,
+    /// Let other users access the mount
+    #[arg(long)]
+    allow_other: bool,
+    /// mlock the pool so it is never swapped
+    #[arg(long)]
+    lock: bool,
+    /// direct: no second copy in the page cache (default); keep: page cache keeps read data
+    #[arg(long, value_enum, default_value = "direct")]
+    cache_mode: CacheMode,
+}
+
+fn parse_readahead(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        Ok(0)
+    } else {
+        parse_size(s)
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NITRO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("nitro_uring={level},fuser=error")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_timer(ClockTime)
+        .with_target(false)
+        .with_level(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `[14:23:46]` in local time.
+struct ClockTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for ClockTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        // SAFETY: time(NULL) and localtime_r into an owned, zeroed struct.
+        let tm = unsafe {
+            let t = libc::time(std::ptr::null_mut());
+            let mut tm: libc::tm = std::mem::zeroed();
+            libc::localtime_r(&t, &mut tm);
+            tm
+        };
+        write!(w, "[{:02}:{:02}:{:02}]", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let result = match cli.cmd {
+        Cmd::Mount(a) => run_mount(a),
+        Cmd::Umount { mountpoint } => nitro_uring::mount::umount(&mountpoint, false),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nitro-uring: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_mount(a: MountArgs) -> anyhow::Result<()> {
+    let mut cfg = MountConfig::new(a.source, a.mountpoint, a.pool);
+    cfg.chunk_bytes = a.chunk;
+    if let Some(t) = a.threads {
+        cfg.threads = t;
+    }
+    cfg.readahead_bytes = a.readahead;
+    cfg.allow_other = a.allow_other;
+    cfg.lock = a.lock;
+    cfg.cache_mode = a.cache_mode;
+    // Signals are caught before mounting so a Ctrl+C during start-up still unmounts.
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
+    let handle = signals.handle();
+    let mounted = Mounted::spawn(cfg)?;
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let watcher = std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!("signal {sig}: unmounting");
+            let _ = done_tx.send(());
+        }
+    });
+    // Wake on a signal, or notice an unmount from outside.
+    loop {
+        if done_rx.recv_timeout(std::time::Duration::from_millis(200)).is_ok() || mounted.finished() {
+            break;
+        }
+    }
+    handle.close();
+    let r = mounted.unmount();
+    let _ = watcher.join();
+    r
+}

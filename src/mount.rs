@@ -1,0 +1,449 @@
+//! Mount lifecycle: check every input before touching anything, recover a dead mount, start the
+//! engine and the FUSE session, tune the kernel, and take it all down again.
+//!
+//! Why validation is a separate, complete pass: a bad argument must leave nothing mounted and print
+//! one line. Checking everything before the first mount(2) means no error path has to undo one.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use fuser::{Config, MountOption, SessionACL, SessionUnmounter};
+use nitro_ring::Waker;
+
+use crate::arena::{Arena, PAGE_BYTES};
+use crate::engine::{Engine, Msg, Shared, Stats};
+pub use crate::fs::CacheMode;
+use crate::fs::{NitroFs, Options};
+use crate::index::Index;
+
+pub const FSTYPE: &str = "fuse.nitro-uring";
+
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub source: PathBuf,
+    pub mountpoint: PathBuf,
+    pub pool_bytes: u64,
+    pub chunk_bytes: u64,
+    pub threads: usize,
+    pub readahead_bytes: u64,
+    pub allow_other: bool,
+    pub lock: bool,
+    pub cache_mode: CacheMode,
+}
+
+impl MountConfig {
+    pub fn new(source: impl Into<PathBuf>, mountpoint: impl Into<PathBuf>, pool_bytes: u64) -> Self {
+        MountConfig {
+            source: source.into(),
+            mountpoint: mountpoint.into(),
+            pool_bytes,
+            chunk_bytes: 1 << 20,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            readahead_bytes: 16 << 20,
+            allow_other: false,
+            lock: false,
+            cache_mode: CacheMode::Direct,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub hits: u64,
+    pub misses: u64,
+    pub fills: u64,
+    pub fill_bytes: u64,
+    pub prefetch_fills: u64,
+    pub evictions: u64,
+    pub fill_errors: u64,
+    pub invalidations: u64,
+    pub uncached_reads: u64,
+    pub pool_used_bytes: u64,
+    pub pool_bytes: u64,
+    pub index_overhead_bytes: u64,
+}
+
+fn snapshot(shared: &Shared) -> StatsSnapshot {
+    let s: &Stats = &shared.stats;
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    StatsSnapshot {
+        hits: r(&s.hits),
+        misses: r(&s.misses),
+        fills: r(&s.fills),
+        fill_bytes: r(&s.fill_bytes),
+        prefetch_fills: r(&s.prefetch_fills),
+        evictions: r(&s.evictions),
+        fill_errors: r(&s.fill_errors),
+        invalidations: r(&s.invalidations),
+        uncached_reads: r(&s.uncached_reads),
+        pool_used_bytes: shared.arena.usage().used_bytes,
+        pool_bytes: shared.arena.pool_bytes() as u64,
+        index_overhead_bytes: shared.index.overhead_bytes() as u64,
+    }
+}
+
+/// A live mount. Dropping it unmounts.
+pub struct Mounted {
+    shared: Arc<Shared>,
+    mountpoint: PathBuf,
+    unmounter: Option<SessionUnmounter>,
+    session: Option<JoinHandle<std::io::Result<()>>>,
+    engine: Option<JoinHandle<()>>,
+    tx: crossbeam_channel::Sender<Msg>,
+    waker: Waker,
+    heartbeat: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
+}
+
+/// Checks every input; the error text is the one line the user sees.
+pub fn validate(cfg: &MountConfig) -> Result<()> {
+    let src = &cfg.source;
+    let meta = std::fs::metadata(src).map_err(|e| anyhow!("source {}: {}", src.display(), plain(&e)))?;
+    if !meta.is_dir() {
+        bail!("source {} is not a directory", src.display());
+    }
+    std::fs::read_dir(src).map_err(|e| anyhow!("source {} is not readable: {}", src.display(), plain(&e)))?;
+    let mp = &cfg.mountpoint;
+    let mmeta = match std::fs::metadata(mp) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            // Checked again (and recovered) by `recover_stale`, which runs first in `spawn`.
+            bail!("mountpoint {} is a dead FUSE mount", mp.display())
+        }
+        Err(e) => bail!("mountpoint {}: {}", mp.display(), plain(&e)),
+    };
+    if !mmeta.is_dir() {
+        bail!("mountpoint {} is not a directory", mp.display());
+    }
+    if is_mounted(mp) {
+        bail!("mountpoint {} is already a mount point", mp.display());
+    }
+    if std::fs::read_dir(mp)
+        .with_context(|| format!("mountpoint {} is not readable", mp.display()))?
+        .next()
+        .is_some()
+    {
+        bail!("mountpoint {} is not empty", mp.display());
+    }
+    let s = std::fs::canonicalize(src)?;
+    let m = std::fs::canonicalize(mp)?;
+    if s == m {
+        bail!("source and mountpoint are the same directory ({})", s.display());
+    }
+    if m.starts_with(&s) {
+        bail!("mountpoint {} is inside the source {}", m.display(), s.display());
+    }
+    if s.starts_with(&m) {
+        bail!("source {} is inside the mountpoint {}", s.display(), m.display());
+    }
+    if cfg.chunk_bytes < 64 * 1024 || !cfg.chunk_bytes.is_power_of_two() || cfg.chunk_bytes > 64 << 20 {
+        bail!("--chunk must be a power of two between 64KiB and 64MiB (got {} bytes)", cfg.chunk_bytes);
+    }
+    if cfg.pool_bytes < cfg.chunk_bytes {
+        bail!(
+            "--pool ({} bytes) is smaller than one chunk ({} bytes)",
+            cfg.pool_bytes,
+            cfg.chunk_bytes
+        );
+    }
+    if let Some(avail) = mem_available_bytes()
+        && cfg.pool_bytes > avail
+    {
+        bail!(
+            "--pool ({:.2} GiB) is larger than available memory ({:.2} GiB)",
+            cfg.pool_bytes as f64 / (1u64 << 30) as f64,
+            avail as f64 / (1u64 << 30) as f64
+        );
+    }
+    if cfg.threads == 0 || cfg.threads > 256 {
+        bail!("--threads must be between 1 and 256");
+    }
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: load the fuse module (modprobe fuse)");
+    }
+    Ok(())
+}
+
+fn plain(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+pub fn mem_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The mountinfo line fields (major:minor, mount point, fstype) for `path`, if it is a mount point.
+fn mount_entry(path: &Path) -> Option<(String, String)> {
+    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 10 {
+            continue;
+        }
+        let mp = unescape(f[4]);
+        if Path::new(&mp) == want || Path::new(&mp) == path {
+            let dash = f.iter().position(|x| *x == "-")?;
+            return Some((f[2].to_string(), f.get(dash + 1)?.to_string()));
+        }
+    }
+    None
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+fn is_mounted(path: &Path) -> bool {
+    mount_entry(path).is_some()
+}
+
+/// A mount left by a killed daemon answers ENOTCONN; detach it so the path can be reused.
+pub fn recover_stale(mountpoint: &Path) -> Result<bool> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            umount(mountpoint, true).with_context(|| {
+                format!("mountpoint {} is a dead FUSE mount and could not be detached", mountpoint.display())
+            })?;
+            eprintln!(
+                "nitro-uring: recovered stale mount at {} (transport endpoint was not connected)",
+                mountpoint.display()
+            );
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Unmounts `path`: umount2 as root, else fusermount3 -u.
+pub fn umount(path: &Path, lazy: bool) -> Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: valid C string; umount2 takes no other memory.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EPERM) {
+        let mut cmd = std::process::Command::new("fusermount3");
+        cmd.arg("-u");
+        if lazy {
+            cmd.arg("-z");
+        }
+        let status = cmd.arg(path).status().context("running fusermount3")?;
+        if status.success() {
+            return Ok(());
+        }
+        bail!("fusermount3 -u {} failed", path.display());
+    }
+    if err.raw_os_error() == Some(libc::EINVAL) {
+        bail!("{} is not a mount point", path.display());
+    }
+    Err(anyhow!("unmount {}: {}", path.display(), err))
+}
+
+/// Best effort: a larger per-request limit lets one FUSE read cover a whole chunk.
+fn raise_max_pages(chunk_bytes: u64) {
+    let want = (chunk_bytes / PAGE_BYTES as u64).max(256);
+    let path = "/proc/sys/fs/fuse/max_pages_limit";
+    if let Ok(cur) = std::fs::read_to_string(path)
+        && cur.trim().parse::<u64>().is_ok_and(|c| c < want)
+    {
+        let _ = std::fs::write(path, want.to_string());
+    }
+}
+
+fn max_pages_limit() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(256)
+}
+
+/// The mount's bdi read_ahead_kb starts at 128 and can only be raised through sysfs after mount.
+fn tune_bdi(mountpoint: &Path, readahead_bytes: u64) {
+    let Some((dev, _)) = mount_entry(mountpoint) else {
+        return;
+    };
+    let kb = (readahead_bytes / 1024).max(128);
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&path, kb.to_string()) {
+        Ok(()) => tracing::debug!("set {path} = {kb}"),
+        Err(e) => tracing::debug!("could not set {path}: {e}"),
+    }
+}
+
+impl Mounted {
+    /// Validates, mounts, and returns once the mount is live.
+    pub fn spawn(cfg: MountConfig) -> Result<Mounted> {
+        recover_stale(&cfg.mountpoint)?;
+        validate(&cfg)?;
+        raise_max_pages(cfg.chunk_bytes);
+        let max_request_bytes = (max_pages_limit() * PAGE_BYTES as u64).min(cfg.chunk_bytes) as usize;
+        let source = std::fs::canonicalize(&cfg.source)?;
+        let arena = Arena::new(cfg.pool_bytes as usize, cfg.chunk_bytes as usize, cfg.lock)
+            .map_err(|e| anyhow!("cannot allocate a pool of {} bytes: {e}", cfg.pool_bytes))?;
+        let slabs = (cfg.pool_bytes / cfg.chunk_bytes) as u32;
+        // Whole chunks take one slot each; small files and tails take more slots than slabs.
+        let slot_count = slabs.saturating_mul(4).saturating_add(256);
+        let shared = Arc::new(Shared {
+            arena,
+            index: Index::new(slot_count, 64),
+            stats: Stats::default(),
+            chunk_bytes: cfg.chunk_bytes,
+            max_request_bytes,
+            last_fill: parking_lot::Mutex::new(None),
+        });
+        let (tx, rx) = crossbeam_channel::bounded(4096);
+        // The engine needs the session's notifier, which exists only once mounted; the ring (and its
+        // waker) must exist before the filesystem. Create the engine after mounting and hand the
+        // filesystem a waker through a ring built here.
+        let fs_opts = Options {
+            cache_mode: cfg.cache_mode,
+            readahead_bytes: cfg.readahead_bytes,
+            attr_ttl: Duration::from_secs(1),
+        };
+        let mut options = vec![
+            MountOption::FSName(format!("nitro-uring:{}", source.display())),
+            MountOption::Subtype("nitro-uring".into()),
+            MountOption::RO,
+            MountOption::DefaultPermissions,
+            MountOption::NoDev,
+            MountOption::NoSuid,
+        ];
+        options.push(MountOption::NoAtime);
+        let mut config = Config::default();
+        config.mount_options = options;
+        config.acl = if cfg.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        config.n_threads = Some(cfg.threads);
+        config.clone_fd = true;
+
+        let (engine, waker) = Engine::new(shared.clone(), rx, 64)
+            .map_err(|e| anyhow!("io_uring unavailable: {e}"))?;
+        let fs = NitroFs::new(source.clone(), shared.clone(), tx.clone(), waker.clone(), fs_opts)?;
+        let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                anyhow!("no permission to mount at {}: {e}", cfg.mountpoint.display())
+            } else {
+                anyhow!("mount at {} failed: {e}", cfg.mountpoint.display())
+            }
+        })?;
+        let engine = engine.with_notifier(session.notifier());
+        let unmounter = session.unmount_callable();
+        let engine = std::thread::Builder::new()
+            .name("nitro-ring".into())
+            .spawn(move || engine.run())?;
+        let session = std::thread::Builder::new()
+            .name("nitro-fuse".into())
+            .spawn(move || session.run())?;
+        tune_bdi(&cfg.mountpoint, cfg.readahead_bytes.max(cfg.chunk_bytes));
+        let heartbeat = crate::heartbeat::spawn(shared.clone());
+        tracing::info!(
+            "MOUNT {} -> {} pool {} MiB chunk {} KiB mode {:?} threads {}",
+            source.display(),
+            cfg.mountpoint.display(),
+            cfg.pool_bytes >> 20,
+            cfg.chunk_bytes >> 10,
+            cfg.cache_mode,
+            cfg.threads
+        );
+        Ok(Mounted {
+            shared,
+            mountpoint: cfg.mountpoint,
+            unmounter: Some(unmounter),
+            session: Some(session),
+            engine: Some(engine),
+            tx,
+            waker,
+            heartbeat,
+        })
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        snapshot(&self.shared)
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Whether the session has ended (unmounted from outside).
+    pub fn finished(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.is_finished())
+    }
+
+    pub fn unmount(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        let mut result = Ok(());
+        if let Some(mut u) = self.unmounter.take()
+            && let Err(e) = u.unmount()
+            && !self.finished()
+        {
+            // Busy (a process has a file open): detach so the daemon can still exit cleanly.
+            tracing::warn!("unmount failed ({e}); detaching");
+            if let Err(e) = umount(&self.mountpoint, true) {
+                result = Err(e);
+            }
+        }
+        if let Some(s) = self.session.take() {
+            match s.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("session ended: {e}"),
+                Err(_) => result = Err(anyhow!("FUSE session thread panicked")),
+            }
+        }
+        let _ = self.tx.send(Msg::Shutdown);
+        self.waker.wake();
+        if let Some(e) = self.engine.take()
+            && e.join().is_err()
+        {
+            result = Err(anyhow!("engine thread panicked"));
+        }
+        if let Some((stop, h)) = self.heartbeat.take() {
+            drop(stop);
+            let _ = h.join();
+        }
+        let s = snapshot(&self.shared);
+        tracing::info!(
+            "UNMOUNT hits {} misses {} fills {} ({} MiB) evictions {} errors {}",
+            s.hits,
+            s.misses,
+            s.fills,
+            s.fill_bytes >> 20,
+            s.evictions,
+            s.fill_errors
+        );
+        result
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.session.is_some() {
+            let _ = self.teardown();
+        }
+    }
+}
+
+/// Device id of a path, for tests and tools.
+pub fn dev_of(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.dev())
+}
