@@ -24,6 +24,8 @@ struct Cli {
 enum Cmd {
     /// Mount SOURCE at MOUNTPOINT, read-only, served from a RAM pool (foreground; Ctrl+C unmounts)
     Mount(MountArgs),
+    /// Benchmark the mount against its source and the FUSE ceiling (no arguments: a generated model dir)
+    Bench(nitro_uring::bench::BenchArgs),
     /// Unmount a nitro-uring mount (the foreground daemon then exits)
     Umount {
         mountpoint: PathBuf,
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.cmd {
         Cmd::Mount(a) => run_mount(a),
+        Cmd::Bench(a) => nitro_uring::bench::run(a),
         Cmd::Umount { mountpoint } => nitro_uring::mount::umount(&mountpoint, false),
     };
     match result {

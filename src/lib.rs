@@ -1,0 +1,13 @@
+//! nitro-uring: a read-only FUSE mirror of a source directory that serves file bytes from a RAM
+//! arena filled by a dedicated io_uring thread. See README.md for the read path.
+
+pub mod arena;
+pub mod bench;
+pub mod codec;
+pub mod engine;
+pub mod fs;
+pub mod heartbeat;
+pub mod index;
+pub mod mount;
+pub mod policy;
+pub mod size;
