@@ -1,0 +1,113 @@
+//! Driver for the codec benchmark until the CLI subcommand is wired:
+//!
+//! ```text
+//! cargo test --release --test codec_bench -- --ignored --nocapture
+//! ```
+//!
+//! Files come from `NITRO_BENCH_FILES` (colon-separated) or, by default, the models and text
+//! files of `fetch-real-models.sh` under `$NITRO_TESTDATA` (default `~/.cache/nitro-testdata`).
+//! JSON goes to `NITRO_BENCH_JSON` when set.
+
+use std::path::PathBuf;
+
+fn default_files() -> Vec<PathBuf> {
+    let dir = std::env::var_os("NITRO_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/nitro-testdata")
+        });
+    [
+        "gemma-3-270m-q4_k_m.gguf",
+        "minilm/model.safetensors",
+        "whisper-base/model.bin",
+        "whisper-base/tokenizer.json",
+        "whisper-base/vocabulary.txt",
+        "minilm/tokenizer.json",
+        "minilm/vocab.txt",
+    ]
+    .iter()
+    .map(|rel| dir.join(rel))
+    .filter(|p| {
+        let present = p.exists();
+        if !present {
+            eprintln!(
+                "skipping {} (not present; run fetch-real-models.sh)",
+                p.display()
+            );
+        }
+        present
+    })
+    .collect()
+}
+
+#[test]
+#[ignore = "benchmark: run explicitly with --release -- --ignored --nocapture"]
+fn bench_codec_on_real_files() {
+    let files = match std::env::var("NITRO_BENCH_FILES") {
+        Ok(list) => list.split(':').map(PathBuf::from).collect(),
+        Err(_) => default_files(),
+    };
+    if files.is_empty() {
+        eprintln!("no benchmark files present; skipping");
+        return;
+    }
+    let json = std::env::var_os("NITRO_BENCH_JSON").map(PathBuf::from);
+    if let Err(e) = nitro_uring::codec::bench::run(&files, json.as_deref(), true) {
+        panic!("codec benchmark failed: {e:#}");
+    }
+}
+
+/// Per-chunk predicted (from `sample_stats`) vs actual ratios, to calibrate `choose`:
+/// `NITRO_BENCH_FILES=... cargo test --release --test codec_bench calibrate -- --ignored --nocapture`
+#[test]
+#[ignore = "diagnostic: run explicitly"]
+fn calibrate_choose() {
+    use nitro_uring::codec::{Codec, DtypeHint, Scratch, choose, encode_chunk, sample_stats};
+    let files = match std::env::var("NITRO_BENCH_FILES") {
+        Ok(list) => list.split(':').map(PathBuf::from).collect(),
+        Err(_) => default_files(),
+    };
+    let mut scratch = Scratch::new(64 << 10);
+    let mut block = Vec::new();
+    for path in files {
+        let Ok(data) = std::fs::read(&path) else {
+            continue;
+        };
+        println!("{}", path.display());
+        println!(
+            "chunk  lanes(bits)              pairs      p16   p32  | lz4   s16   s32  | choose"
+        );
+        for (i, chunk) in data.chunks(1 << 20).enumerate() {
+            let st = sample_stats(chunk);
+            let mut actual = |codec| {
+                encode_chunk(
+                    chunk,
+                    codec,
+                    64 << 10,
+                    f64::NEG_INFINITY,
+                    &mut scratch,
+                    &mut block,
+                )
+                .map_or(f64::NAN, |n| n as f64 / chunk.len() as f64)
+            };
+            let (lz4, s16, s32) = (
+                actual(Codec::Lz4),
+                actual(Codec::Planes16),
+                actual(Codec::Planes32),
+            );
+            println!(
+                "{i:5}  {:4.2} {:4.2} {:4.2} {:4.2}  {:4.2} {:4.2}  {:.3} {:.3} | {lz4:.3} {s16:.3} {s32:.3} | {}",
+                st.lane_bits[0],
+                st.lane_bits[1],
+                st.lane_bits[2],
+                st.lane_bits[3],
+                st.pair_bits[0],
+                st.pair_bits[1],
+                st.planes16_ratio(),
+                st.planes32_ratio(),
+                choose(chunk, DtypeHint::Unknown).name()
+            );
+        }
+    }
+}
