@@ -273,17 +273,17 @@ fn stale_mount_after_kill_9_is_recovered() {
     a.signal(libc::SIGKILL);
     assert!(a.wait_exit(EXIT_TIMEOUT).is_some(), "SIGKILLed daemon did not die");
     // precondition: the mount is left behind, disconnected
-    let e = fs::metadata(&dirs.mnt).expect_err("stat of the mountpoint after kill -9 should fail");
-    assert_eq!(errno(&e), libc::ENOTCONN, "stat of the mountpoint after kill -9: {e}");
+    // (stat may still be answered from the kernel's attribute cache; opendir needs the daemon)
+    let e = fs::read_dir(&dirs.mnt).expect_err("opendir of the mountpoint after kill -9 should fail");
+    assert_eq!(errno(&e), libc::ENOTCONN, "opendir of the mountpoint after kill -9: {e}");
     assert!(mounts_at(&dirs.mnt).iter().any(|m| m.id == stale_id));
     // `a` stays alive (as an object) until the end so its drop does not clean the stale mount up
 
     let b = Daemon::try_start(&dirs.src, &dirs.mnt, &["--chunk", "64KiB", "--pool", "16M"])
         .unwrap_or_else(|e| panic!("mount over a stale mount: {e}"));
     assert_serves(&dirs.mnt, &data);
-    let ids: Vec<u64> = mounts_at(&dirs.mnt).iter().map(|m| m.id).collect();
-    assert!(!ids.contains(&stale_id), "the stale mount is still there after recovery: {:?}", mounts_at(&dirs.mnt));
-    assert_eq!(ids.len(), 1, "mounts at the mountpoint after recovery: {:?}", mounts_at(&dirs.mnt));
+    // exactly one mount there now (mount ids are reused, so the stale one is told apart by count)
+    assert_eq!(mounts_at(&dirs.mnt).len(), 1, "mounts at the mountpoint after recovery: {:?}", mounts_at(&dirs.mnt));
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while !b.stderr().to_lowercase().contains("stale") && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

@@ -91,15 +91,32 @@ pub fn is_mounted(mp: &Path) -> bool {
     !mounts_at(mp).is_empty()
 }
 
-/// Wait until a `fuse.nitro-uring` mount at `mp` whose id is not in `exclude` shows up.
-pub fn wait_for_mount(mp: &Path, exclude: &[u64], timeout: Duration) -> Option<MountEntry> {
+/// `statfs(mp)` on a helper thread, bounded by `timeout` (a hung daemon must not hang the test).
+/// statfs is always answered by the FUSE daemon (never from a kernel cache), so Ok means the
+/// mount at `mp` is alive; a mount left by a dead daemon answers ENOTCONN.
+pub fn probe_statfs(mp: &Path, timeout: Duration) -> io::Result<()> {
+    let c = CString::new(mp.as_os_str().as_bytes()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+        let _ = tx.send(if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) });
+    });
+    rx.recv_timeout(timeout)
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "statfs on the mount did not return")))
+}
+
+/// Wait until a live `fuse.nitro-uring` mount is at `mp`: listed in mountinfo, and answering
+/// statfs (so a stale mount of a killed daemon at the same path does not count; mount ids are
+/// reused by the kernel, so they cannot tell the two apart).
+pub fn wait_for_mount(mp: &Path, timeout: Duration) -> Option<MountEntry> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(e) = mounts_at(mp)
-            .into_iter()
-            .find(|e| e.fstype == "fuse.nitro-uring" && !exclude.contains(&e.id))
-        {
-            return Some(e);
+        if let Some(e) = mounts_at(mp).into_iter().find(|e| e.fstype == "fuse.nitro-uring") {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+            if probe_statfs(mp, left).is_ok() {
+                return Some(e);
+            }
         }
         if Instant::now() >= deadline {
             return None;
@@ -187,11 +204,10 @@ impl Daemon {
 
     /// Like `start`, but returns the failure as a message instead of panicking.
     pub fn try_start(source: &Path, mountpoint: &Path, args: &[&str]) -> Result<Daemon, String> {
-        let before: Vec<u64> = mounts_at(mountpoint).iter().map(|e| e.id).collect();
         let mut d = Daemon::spawn(source, mountpoint, args);
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
-            if let Some(e) = wait_for_mount(mountpoint, &before, Duration::ZERO) {
+            if let Some(e) = wait_for_mount(mountpoint, Duration::ZERO) {
                 d.mount = Some(e);
                 return Ok(d);
             }
@@ -206,13 +222,14 @@ impl Daemon {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "nitro-uring mount {} {} {:?}: no fuse.nitro-uring mount at the mountpoint after {:?}; \
-                     mountinfo entries there: {:?}; stderr:\n{}",
+                    "nitro-uring mount {} {} {:?}: no live fuse.nitro-uring mount at the mountpoint after {:?}; \
+                     mountinfo entries there: {:?}; statfs there: {:?}; stderr:\n{}",
                     source.display(),
                     mountpoint.display(),
                     args,
                     MOUNT_TIMEOUT,
                     mounts_at(mountpoint),
+                    probe_statfs(mountpoint, Duration::from_secs(1)),
                     d.stderr()
                 ));
             }
