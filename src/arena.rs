@@ -40,7 +40,9 @@ enum SlabMode {
     /// One block covering the whole slab.
     Whole,
     /// Page runs handed out by first fit; `used_pages` of the slab are taken.
-    Packed { used_pages: u32 },
+    Packed {
+        used_pages: u32,
+    },
 }
 
 struct Alloc {
@@ -319,7 +321,11 @@ mod tests {
         let p1 = arena.alloc(5000).expect("packed 2 pages");
         let p2 = arena.alloc(PAGE_BYTES).expect("packed 1 page");
         assert_eq!(p1.pages, 2);
-        assert_eq!(p2.offset, p1.offset + 2 * PAGE_BYTES as u64, "first fit packs");
+        assert_eq!(
+            p2.offset,
+            p1.offset + 2 * PAGE_BYTES as u64,
+            "first fit packs"
+        );
         let w2 = arena.alloc(slab).expect("whole");
         let w3 = arena.alloc(slab).expect("whole");
         assert!(arena.alloc(slab).is_none(), "pool exhausted");
@@ -347,7 +353,7 @@ mod tests {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            if seed % 3 == 0 && !live.is_empty() {
+            if seed.is_multiple_of(3) && !live.is_empty() {
                 let b = live.swap_remove((seed >> 8) as usize % live.len());
                 arena.free(b);
             } else {

@@ -58,7 +58,10 @@ pub enum Msg {
         last: u64,
     },
     /// A source file changed: drop the chunks of its old version and the kernel's pages.
-    Purge { file_id: u64, fuse_ino: u64 },
+    Purge {
+        file_id: u64,
+        fuse_ino: u64,
+    },
     Shutdown,
 }
 
@@ -115,7 +118,9 @@ impl Shared {
             }
             let dst = &mut out[(pos - offset) as usize..][..take];
             // SAFETY: the pin keeps the block published and unwritten while we copy.
-            dst.copy_from_slice(&unsafe { self.arena.bytes(view.block, view.len) }[in_chunk..][..take]);
+            dst.copy_from_slice(
+                &unsafe { self.arena.bytes(view.block, view.len) }[in_chunk..][..take],
+            );
             pos += take as u64;
         }
         true
@@ -176,11 +181,12 @@ impl Engine {
         let mut ring = Ring::new((max_fills as u32 + 2).next_power_of_two())?;
         // SAFETY: the arena lives in `shared`, which the engine holds for its whole life, and the
         // mapping is never moved or unmapped while the ring exists.
-        match unsafe {
-            ring.register_region(shared.arena.base_ptr(), shared.arena.usable_bytes())
-        } {
+        match unsafe { ring.register_region(shared.arena.base_ptr(), shared.arena.usable_bytes()) }
+        {
             Ok(n) => tracing::debug!("registered arena with io_uring in {n} piece(s)"),
-            Err(e) => tracing::info!("io_uring buffer registration refused ({e}); using plain reads"),
+            Err(e) => {
+                tracing::info!("io_uring buffer registration refused ({e}); using plain reads")
+            }
         }
         let waker = ring.waker();
         let slot_count = shared.index.slot_count();
@@ -276,7 +282,10 @@ impl Engine {
                         if self.start_fill(&src, key).is_none() {
                             break;
                         }
-                        self.shared.stats.prefetch_fills.fetch_add(1, Ordering::Relaxed);
+                        self.shared
+                            .stats
+                            .prefetch_fills
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -386,7 +395,10 @@ impl Engine {
     /// Reads the request straight from the source into scratch, bypassing the arena. The slow path
     /// of last resort; it keeps progress guaranteed when the arena cannot hold the request.
     fn serve_uncached(&mut self, w: Waiter) {
-        self.shared.stats.uncached_reads.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .uncached_reads
+            .fetch_add(1, Ordering::Relaxed);
         let buf = &mut self.scratch[..w.size as usize];
         match pread_full(&w.src.fd, buf, w.offset) {
             Ok(n) => w.reply.data(&self.scratch[..n]),
@@ -459,7 +471,10 @@ impl Engine {
         let (fd, len) = match (&fill.src.direct_fd, fill.direct) {
             // O_DIRECT wants page-aligned lengths; the block has room for the rounded length and the
             // kernel stops at end of file.
-            (Some(d), true) => (d.as_raw_fd(), (fill.want_bytes as usize - done).next_multiple_of(PAGE_BYTES)),
+            (Some(d), true) => (
+                d.as_raw_fd(),
+                (fill.want_bytes as usize - done).next_multiple_of(PAGE_BYTES),
+            ),
             _ => (fill.src.fd.as_raw_fd(), fill.want_bytes as usize - done),
         };
         assert!(done + len <= fill.block.capacity_bytes());
@@ -468,14 +483,19 @@ impl Engine {
         // `complete`, and `fill.src` keeps the descriptor open until then.
         let ptr = unsafe { self.shared.arena.block_ptr(fill.block).add(done) };
         // SAFETY: as above.
-        let pushed = unsafe { self.ring.push_read(fd, offset, ptr, len as u32, u64::from(f)) };
+        let pushed = unsafe {
+            self.ring
+                .push_read(fd, offset, ptr, len as u32, u64::from(f))
+        };
         // The fill table is no larger than the ring, so there is always room.
         assert!(pushed, "ring full with {} fills", self.ring.in_flight());
     }
 
     fn complete(&mut self, c: Completion) {
         let f = c.user_data as u32;
-        let fill = self.fills[f as usize].as_mut().expect("completion for a live fill");
+        let fill = self.fills[f as usize]
+            .as_mut()
+            .expect("completion for a live fill");
         if c.result == -libc::EINVAL && fill.direct {
             // This file or filesystem refuses O_DIRECT after all: fall back to buffered reads.
             fill.direct = false;
@@ -501,7 +521,10 @@ impl Engine {
             };
             self.shared.arena.free(fill.block);
             self.free_slots.push(fill.slot);
-            self.shared.stats.fill_errors.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .stats
+                .fill_errors
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 "ERROR {} chunk {}: {}",
                 fill.src.name,
@@ -537,21 +560,29 @@ impl Engine {
         };
         self.shared.index.set(fill.slot, fill.key, view);
         self.shared.index.publish(fill.slot, fill.key);
-        self.policy
-            .insert(fill.slot, fill.key.hash64(), fill.block.pages * PAGE_BYTES as u32);
+        self.policy.insert(
+            fill.slot,
+            fill.key.hash64(),
+            fill.block.pages * PAGE_BYTES as u32,
+        );
         self.shared
             .stats
             .fill_bytes
             .fetch_add(u64::from(fill.want_bytes), Ordering::Relaxed);
         {
             let mut last = self.shared.last_fill.lock();
-            if last.as_ref().is_none_or(|n| !Arc::ptr_eq(n, &fill.src.name)) {
+            if last
+                .as_ref()
+                .is_none_or(|n| !Arc::ptr_eq(n, &fill.src.name))
+            {
                 *last = Some(fill.src.name.clone());
             }
         }
         let mut next = fill.waiters;
         while let Some(wi) = next {
-            next = self.waiters[wi as usize].as_mut().and_then(|w| w.next.take());
+            next = self.waiters[wi as usize]
+                .as_mut()
+                .and_then(|w| w.next.take());
             self.evaluate(wi);
         }
     }

@@ -26,9 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Sender;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    INodeNo, InitFlags, KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use nitro_ring::Waker;
 use parking_lot::{Mutex, RwLock};
@@ -77,6 +76,8 @@ struct Handle {
 
 const HANDLE_SHARDS: usize = 16;
 
+type HandleShard = RwLock<HashMap<u64, Arc<Handle>>>;
+
 pub struct Options {
     pub cache_mode: CacheMode,
     pub readahead_bytes: u64,
@@ -93,7 +94,7 @@ pub struct NitroFs {
     by_identity: Mutex<HashMap<(u64, u64), u64>>,
     next_ino: AtomicU64,
     root_identity: (u64, u64),
-    handles: Box<[RwLock<HashMap<u64, Arc<Handle>>>]>,
+    handles: Box<[HandleShard]>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirItem>>>>,
     next_fh: AtomicU64,
     next_file_id: AtomicU64,
@@ -421,7 +422,9 @@ impl Filesystem for NitroFs {
         if !supported.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
             && self.opts.cache_mode == CacheMode::Direct
         {
-            tracing::warn!("kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP: mmap of files will fail in direct mode");
+            tracing::warn!(
+                "kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP: mmap of files will fail in direct mode"
+            );
         }
         // One request never needs more than the chunk, so a hit is a single arena slice.
         let request = (self.shared.max_request_bytes as u32).max(4096);
@@ -460,7 +463,7 @@ impl Filesystem for NitroFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.path_of(ino).map(|p| std::fs::read_link(p)) {
+        match self.path_of(ino).map(std::fs::read_link) {
             Ok(Ok(target)) => reply.data(target.as_os_str().as_bytes()),
             Ok(Err(e)) => reply.error(errno_of(&e)),
             Err(e) => reply.error(e),
@@ -628,7 +631,10 @@ impl Filesystem for NitroFs {
         for (i, item) in items.iter().enumerate().skip(offset as usize) {
             let path = match item.name.as_bytes() {
                 b"." => dir.clone(),
-                b".." => dir.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.clone()),
+                b".." => dir
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| dir.clone()),
                 _ => dir.join(&item.name),
             };
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -702,7 +708,7 @@ impl Filesystem for NitroFs {
         if mask.contains(AccessFlags::W_OK) {
             return reply.error(Errno::EROFS);
         }
-        match self.path_of(ino).map(|p| std::fs::symlink_metadata(p)) {
+        match self.path_of(ino).map(std::fs::symlink_metadata) {
             Ok(Ok(_)) => reply.ok(),
             Ok(Err(e)) => reply.error(errno_of(&e)),
             Err(e) => reply.error(e),
@@ -730,7 +736,16 @@ impl Filesystem for NitroFs {
     ) {
         reply.error(Errno::EROFS);
     }
-    fn mknod(&self, _r: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _d: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _d: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::EROFS);
     }
     fn mkdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
@@ -826,7 +841,14 @@ impl Filesystem for NitroFs {
     ) {
         reply.error(Errno::ENOTTY);
     }
-    fn flush(&self, _r: &Request, _i: INodeNo, _fh: FileHandle, _l: fuser::LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _l: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
     fn fsync(&self, _r: &Request, _i: INodeNo, _fh: FileHandle, _d: bool, reply: ReplyEmpty) {

@@ -135,7 +135,12 @@ impl Index {
         assert!(shard_count.is_power_of_two());
         let per_shard = (slot_count as usize / shard_count).max(16) * 2;
         let shards = (0..shard_count)
-            .map(|_| RwLock::new(HashMap::with_capacity_and_hasher(per_shard, Default::default())))
+            .map(|_| {
+                RwLock::new(HashMap::with_capacity_and_hasher(
+                    per_shard,
+                    Default::default(),
+                ))
+            })
             .collect();
         let slots = (0..slot_count)
             .map(|_| Slot {
@@ -215,8 +220,10 @@ impl Index {
         s.block_offset.store(view.block.offset, Ordering::Relaxed);
         s.block_pages.store(view.block.pages, Ordering::Relaxed);
         s.len.store(view.len as u32, Ordering::Relaxed);
-        s.logical_len.store(view.logical_len as u32, Ordering::Relaxed);
-        s.form.store(u8::from(view.form == Form::Encoded), Ordering::Relaxed);
+        s.logical_len
+            .store(view.logical_len as u32, Ordering::Relaxed);
+        s.form
+            .store(u8::from(view.form == Form::Encoded), Ordering::Relaxed);
         s.key_file.store(key.file, Ordering::Relaxed);
         s.key_chunk.store(key.chunk, Ordering::Relaxed);
     }

@@ -8,7 +8,11 @@ use nitro_uring::mount::{CacheMode, MountConfig, Mounted};
 use nitro_uring::size::parse_size;
 
 #[derive(Parser)]
-#[command(name = "nitro-uring", version, about = "A FUSE read-through RAM cache for large read-heavy files, filled by io_uring")]
+#[command(
+    name = "nitro-uring",
+    version,
+    about = "A FUSE read-through RAM cache for large read-heavy files, filled by io_uring"
+)]
 struct Cli {
     /// More log lines (repeat for debug)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -27,9 +31,7 @@ enum Cmd {
     /// Benchmark the mount against its source and the FUSE ceiling (no arguments: a generated model dir)
     Bench(nitro_uring::bench::BenchArgs),
     /// Unmount a nitro-uring mount (the foreground daemon then exits)
-    Umount {
-        mountpoint: PathBuf,
-    },
+    Umount { mountpoint: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -74,8 +76,9 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NITRO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("nitro_uring={level},fuser=error")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NITRO_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("nitro_uring={level},fuser=error"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_timer(ClockTime)
@@ -142,7 +145,11 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
     });
     // Wake on a signal, or notice an unmount from outside.
     loop {
-        if done_rx.recv_timeout(std::time::Duration::from_millis(200)).is_ok() || mounted.finished() {
+        if done_rx
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_ok()
+            || mounted.finished()
+        {
             break;
         }
     }

@@ -37,7 +37,11 @@ pub struct MountConfig {
 }
 
 impl MountConfig {
-    pub fn new(source: impl Into<PathBuf>, mountpoint: impl Into<PathBuf>, pool_bytes: u64) -> Self {
+    pub fn new(
+        source: impl Into<PathBuf>,
+        mountpoint: impl Into<PathBuf>,
+        pool_bytes: u64,
+    ) -> Self {
         MountConfig {
             source: source.into(),
             mountpoint: mountpoint.into(),
@@ -102,11 +106,13 @@ pub struct Mounted {
 /// Checks every input; the error text is the one line the user sees.
 pub fn validate(cfg: &MountConfig) -> Result<()> {
     let src = &cfg.source;
-    let meta = std::fs::metadata(src).map_err(|e| anyhow!("source {}: {}", src.display(), plain(&e)))?;
+    let meta =
+        std::fs::metadata(src).map_err(|e| anyhow!("source {}: {}", src.display(), plain(&e)))?;
     if !meta.is_dir() {
         bail!("source {} is not a directory", src.display());
     }
-    std::fs::read_dir(src).map_err(|e| anyhow!("source {} is not readable: {}", src.display(), plain(&e)))?;
+    std::fs::read_dir(src)
+        .map_err(|e| anyhow!("source {} is not readable: {}", src.display(), plain(&e)))?;
     let mp = &cfg.mountpoint;
     let mmeta = match std::fs::metadata(mp) {
         Ok(m) => m,
@@ -132,16 +138,33 @@ pub fn validate(cfg: &MountConfig) -> Result<()> {
     let s = std::fs::canonicalize(src)?;
     let m = std::fs::canonicalize(mp)?;
     if s == m {
-        bail!("source and mountpoint are the same directory ({})", s.display());
+        bail!(
+            "source and mountpoint are the same directory ({})",
+            s.display()
+        );
     }
     if m.starts_with(&s) {
-        bail!("mountpoint {} is inside the source {}", m.display(), s.display());
+        bail!(
+            "mountpoint {} is inside the source {}",
+            m.display(),
+            s.display()
+        );
     }
     if s.starts_with(&m) {
-        bail!("source {} is inside the mountpoint {}", s.display(), m.display());
+        bail!(
+            "source {} is inside the mountpoint {}",
+            s.display(),
+            m.display()
+        );
     }
-    if cfg.chunk_bytes < 64 * 1024 || !cfg.chunk_bytes.is_power_of_two() || cfg.chunk_bytes > 64 << 20 {
-        bail!("--chunk must be a power of two between 64KiB and 64MiB (got {} bytes)", cfg.chunk_bytes);
+    if cfg.chunk_bytes < 64 * 1024
+        || !cfg.chunk_bytes.is_power_of_two()
+        || cfg.chunk_bytes > 64 << 20
+    {
+        bail!(
+            "--chunk must be a power of two between 64KiB and 64MiB (got {} bytes)",
+            cfg.chunk_bytes
+        );
     }
     if cfg.pool_bytes < cfg.chunk_bytes {
         bail!(
@@ -202,7 +225,10 @@ fn mount_entry(path: &Path) -> Option<(String, String)> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 fn is_mounted(path: &Path) -> bool {
@@ -214,7 +240,10 @@ pub fn recover_stale(mountpoint: &Path) -> Result<bool> {
     match std::fs::metadata(mountpoint) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             umount(mountpoint, true).with_context(|| {
-                format!("mountpoint {} is a dead FUSE mount and could not be detached", mountpoint.display())
+                format!(
+                    "mountpoint {} is a dead FUSE mount and could not be detached",
+                    mountpoint.display()
+                )
             })?;
             eprintln!(
                 "nitro-uring: recovered stale mount at {} (transport endpoint was not connected)",
@@ -290,7 +319,8 @@ impl Mounted {
         recover_stale(&cfg.mountpoint)?;
         validate(&cfg)?;
         raise_max_pages(cfg.chunk_bytes);
-        let max_request_bytes = (max_pages_limit() * PAGE_BYTES as u64).min(cfg.chunk_bytes) as usize;
+        let max_request_bytes =
+            (max_pages_limit() * PAGE_BYTES as u64).min(cfg.chunk_bytes) as usize;
         let source = std::fs::canonicalize(&cfg.source)?;
         let arena = Arena::new(cfg.pool_bytes as usize, cfg.chunk_bytes as usize, cfg.lock)
             .map_err(|e| anyhow!("cannot allocate a pool of {} bytes: {e}", cfg.pool_bytes))?;
@@ -335,10 +365,19 @@ impl Mounted {
 
         let (engine, waker) = Engine::new(shared.clone(), rx, 64)
             .map_err(|e| anyhow!("io_uring unavailable: {e}"))?;
-        let fs = NitroFs::new(source.clone(), shared.clone(), tx.clone(), waker.clone(), fs_opts)?;
+        let fs = NitroFs::new(
+            source.clone(),
+            shared.clone(),
+            tx.clone(),
+            waker.clone(),
+            fs_opts,
+        )?;
         let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config).map_err(|e| {
             if e.kind() == std::io::ErrorKind::PermissionDenied {
-                anyhow!("no permission to mount at {}: {e}", cfg.mountpoint.display())
+                anyhow!(
+                    "no permission to mount at {}: {e}",
+                    cfg.mountpoint.display()
+                )
             } else {
                 anyhow!("mount at {} failed: {e}", cfg.mountpoint.display())
             }

@@ -18,7 +18,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        _ => return Err(format!("'{text}' has an unknown unit '{unit}' (use K, M, G, T)")),
+        _ => {
+            return Err(format!(
+                "'{text}' has an unknown unit '{unit}' (use K, M, G, T)"
+            ));
+        }
     };
     let bytes = value * mult as f64;
     if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 / 2.0 {

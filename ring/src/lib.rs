@@ -78,7 +78,10 @@ pub struct Ring {
 impl Ring {
     /// A ring with room for `entries` submissions at once (rounded up to a power of two by the kernel).
     pub fn new(entries: u32) -> io::Result<Ring> {
-        assert!(entries >= 2, "ring needs room for the wake poll and one read");
+        assert!(
+            entries >= 2,
+            "ring needs room for the wake poll and one read"
+        );
         let ring = IoUring::builder().build(entries)?;
         // SAFETY: eventfd(2) has no memory preconditions; the result is checked before use.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -189,12 +192,10 @@ impl Ring {
     /// `out`; returns whether a wake-up was seen (the caller should then look at its message queue).
     pub fn wait(&mut self, block: bool, out: &mut Vec<Completion>) -> io::Result<bool> {
         if !self.wake_armed {
-            let poll = opcode::PollAdd::new(
-                types::Fd(self.waker.fd.as_raw_fd()),
-                libc::POLLIN as u32,
-            )
-            .build()
-            .user_data(WAKE_TAG);
+            let poll =
+                opcode::PollAdd::new(types::Fd(self.waker.fd.as_raw_fd()), libc::POLLIN as u32)
+                    .build()
+                    .user_data(WAKE_TAG);
             // SAFETY: the eventfd lives as long as `self`, which outlives the ring's operations.
             if unsafe { self.ring.submission().push(&poll) }.is_ok() {
                 self.wake_armed = true;
@@ -263,8 +264,20 @@ mod tests {
             ring.wait(true, &mut done).expect("wait");
         }
         done.sort_by_key(|c| c.user_data);
-        assert_eq!(done[0], Completion { user_data: 1, result: 8192 });
-        assert_eq!(done[1], Completion { user_data: 2, result: 4096 });
+        assert_eq!(
+            done[0],
+            Completion {
+                user_data: 1,
+                result: 8192
+            }
+        );
+        assert_eq!(
+            done[1],
+            Completion {
+                user_data: 2,
+                result: 4096
+            }
+        );
         assert_eq!(&registered[..], &data[4096..4096 + 8192]);
         assert_eq!(&plain[..], &data[100..100 + 4096]);
         assert_eq!(ring.in_flight(), 0);

@@ -151,10 +151,12 @@ impl S3Fifo {
         while budget > 0 {
             budget -= 1;
             let total = self.small_bytes + self.main_bytes;
-            let prefer_small =
-                !self.small.is_empty() && (self.small_bytes * 100 >= total * self.small_percent || self.main.is_empty());
+            let prefer_small = !self.small.is_empty()
+                && (self.small_bytes * 100 >= total * self.small_percent || self.main.is_empty());
             if prefer_small {
-                let Some(entry) = self.small.pop_front() else { continue };
+                let Some(entry) = self.small.pop_front() else {
+                    continue;
+                };
                 if !self.live(entry, Queue::Small) {
                     continue;
                 }
@@ -173,14 +175,21 @@ impl S3Fifo {
                     Some(view) => {
                         self.small_bytes -= bytes;
                         self.queue[slot as usize] = Queue::None;
-                        self.generation[slot as usize] = self.generation[slot as usize].wrapping_add(1);
+                        self.generation[slot as usize] =
+                            self.generation[slot as usize].wrapping_add(1);
                         self.ghost_put(key_hash);
-                        return Some(Victim { slot, view, from_main: false });
+                        return Some(Victim {
+                            slot,
+                            view,
+                            from_main: false,
+                        });
                     }
                     None => self.small.push_back(entry),
                 }
             } else {
-                let Some(entry) = self.main.pop_front() else { continue };
+                let Some(entry) = self.main.pop_front() else {
+                    continue;
+                };
                 if !self.live(entry, Queue::Main) {
                     continue;
                 }
@@ -195,8 +204,13 @@ impl S3Fifo {
                     Some(view) => {
                         self.main_bytes -= u64::from(self.bytes[slot as usize]);
                         self.queue[slot as usize] = Queue::None;
-                        self.generation[slot as usize] = self.generation[slot as usize].wrapping_add(1);
-                        return Some(Victim { slot, view, from_main: true });
+                        self.generation[slot as usize] =
+                            self.generation[slot as usize].wrapping_add(1);
+                        return Some(Victim {
+                            slot,
+                            view,
+                            from_main: true,
+                        });
                     }
                     None => self.main.push_back(entry),
                 }
@@ -216,7 +230,15 @@ mod tests {
         index.set(
             slot,
             key,
-            SlotView { block: Block { offset: u64::from(slot) * 4096, pages: 1 }, len: 1, logical_len: 1, form: Form::Raw },
+            SlotView {
+                block: Block {
+                    offset: u64::from(slot) * 4096,
+                    pages: 1,
+                },
+                len: 1,
+                logical_len: 1,
+                form: Form::Raw,
+            },
         );
         index.publish(slot, key);
         policy.insert(slot, key.hash64(), 1);
@@ -230,7 +252,7 @@ mod tests {
         let mut policy = S3Fifo::new(capacity);
         let mut free: Vec<u32> = (0..capacity).rev().collect();
         let hot: Vec<Key> = (0..50).map(|c| Key { file: 1, chunk: c }).collect();
-        let mut get = |key: Key, policy: &mut S3Fifo, free: &mut Vec<u32>| {
+        let get = |key: Key, policy: &mut S3Fifo, free: &mut Vec<u32>| {
             if index.pin(key, true).is_some() {
                 return true;
             }
@@ -265,7 +287,15 @@ mod tests {
         let index = Index::new(4, 4);
         let mut policy = S3Fifo::new(4);
         for s in 0..3u32 {
-            fill(&index, &mut policy, s, Key { file: 9, chunk: u64::from(s) });
+            fill(
+                &index,
+                &mut policy,
+                s,
+                Key {
+                    file: 9,
+                    chunk: u64::from(s),
+                },
+            );
         }
         let pin = index.pin(Key { file: 9, chunk: 0 }, false).expect("cached");
         assert_eq!(index.try_remove(1).map(|v| v.block.offset), Some(4096));
