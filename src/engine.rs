@@ -12,11 +12,12 @@
 //! request that keeps losing that race (a pool of a few chunks under heavy churn) is served by an
 //! uncached read so it always finishes.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use fuser::{Errno, ReplyData};
@@ -24,8 +25,9 @@ use nitro_ring::{Completion, Ring, Waker};
 use parking_lot::Mutex;
 
 use crate::arena::{Arena, Block, PAGE_BYTES};
-use crate::index::{Form, FxHasher, Index, Key, SlotView};
-use crate::policy::s3fifo::S3Fifo;
+use crate::codec::{self, Codec, DtypeHint, Scratch, formats::Layout};
+use crate::index::{Form, FxHasher, Index, Key, PIECES, SlotView, pack_block};
+use crate::policy::s3fifo::{S3Fifo, Victim};
 
 /// One version of one source file. A rewrite or replacement of the source gets a new `Source` with a
 /// new `file_id`, so chunks of the old version can never be served for the new one.
@@ -41,6 +43,37 @@ pub struct Source {
     pub name: Arc<str>,
     /// Kernel inode number of the mount, for page-cache invalidation.
     pub fuse_ino: u64,
+    /// Tensor dtypes by byte range, from a safetensors or GGUF header: picks the codec per chunk.
+    pub layout: Option<Layout>,
+    /// Hint for chunks the layout does not cover (text files, or Unknown).
+    pub default_hint: DtypeHint,
+    /// Logical and stored bytes of this file's chunks compressed so far (for reports).
+    pub compressed_logical_bytes: AtomicU64,
+    pub compressed_stored_bytes: AtomicU64,
+    pub compression_logged: AtomicBool,
+}
+
+impl Source {
+    pub fn hint_for(&self, start: u64, end: u64) -> DtypeHint {
+        match &self.layout {
+            Some(l) => match l.hint_for(start, end) {
+                DtypeHint::Unknown => self.default_hint,
+                h => h,
+            },
+            None => self.default_hint,
+        }
+    }
+}
+
+/// Whether chunks leaving the hot set are compressed into the arena instead of dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum CompressMode {
+    /// Per chunk, from the file's format and a sample: byte planes + zstd for floats, LZ4 for
+    /// text, raw (dropped) for what does not pay.
+    Auto,
+    /// LZ4 for every chunk that saves enough.
+    Lz4,
+    Off,
 }
 
 /// Messages from FUSE workers to the engine. Sent over a bounded channel: no allocation per send.
@@ -56,6 +89,10 @@ pub enum Msg {
         src: Arc<Source>,
         first: u64,
         last: u64,
+    },
+    /// A compressed chunk failed its checksum: drop it (the read that found it follows).
+    DropCorrupt {
+        key: Key,
     },
     /// A source file changed: drop the chunks of its old version and the kernel's pages.
     Purge {
@@ -77,6 +114,13 @@ pub struct Stats {
     pub fill_errors: AtomicU64,
     pub invalidations: AtomicU64,
     pub uncached_reads: AtomicU64,
+    /// Chunks compressed instead of evicted (a counter).
+    pub compressions: AtomicU64,
+    /// Resident compressed chunks: logical bytes they stand for and arena bytes they take (gauges).
+    pub encoded_logical_bytes: AtomicU64,
+    pub encoded_stored_bytes: AtomicU64,
+    /// Compressed frames that failed their checksum (served from the source instead).
+    pub decode_errors: AtomicU64,
 }
 
 /// What the FUSE front and the engine share.
@@ -89,6 +133,32 @@ pub struct Shared {
     pub max_request_bytes: usize,
     /// Name of the file most recently filled, for the heartbeat line.
     pub last_fill: Mutex<Option<Arc<str>>>,
+    pub compress: CompressMode,
+    /// A compressed chunk must save at least this share of its raw size, else it is evicted.
+    pub min_saving: f64,
+}
+
+/// Result of copying a range out of the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copied {
+    Done,
+    Missing,
+    /// A compressed chunk failed to decode: never served, to be dropped and re-read.
+    Corrupt(Key),
+}
+
+thread_local! {
+    /// Per-thread decode buffers, made on a thread's first compressed hit and reused after.
+    static DECODE: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+}
+
+/// Decodes logical `[offset, offset+out.len())` of an encoded block into `out`.
+pub fn decode_into(block: &[u8], offset: usize, out: &mut [u8]) -> Result<(), codec::CodecError> {
+    DECODE.with(|d| {
+        let mut d = d.borrow_mut();
+        let scratch = d.get_or_insert_with(|| Scratch::new(codec::DEFAULT_FRAME_BYTES));
+        codec::decode_range(block, offset, out, scratch)
+    })
 }
 
 impl Shared {
@@ -96,9 +166,28 @@ impl Shared {
         offset / self.chunk_bytes
     }
 
-    /// Copies `[offset, offset+out.len())` of `src` from pinned chunks into `out`, or returns false
-    /// if any chunk is missing. Used by both the FUSE hit path and the engine.
-    pub fn copy_cached(&self, src: &Source, offset: u64, out: &mut [u8], touch: bool) -> bool {
+    /// Decodes logical bytes `[offset, offset+out.len())` of a pinned encoded chunk.
+    pub fn decode_pieces(&self, view: &SlotView, offset: usize, out: &mut [u8]) -> Result<(), ()> {
+        let piece_bytes = self.chunk_bytes as usize / PIECES;
+        let mut pos = offset;
+        let mut done = 0;
+        while done < out.len() {
+            let i = pos / piece_bytes;
+            let block = view.piece(i).ok_or(())?;
+            let in_piece = pos - i * piece_bytes;
+            let take = (out.len() - done).min(piece_bytes - in_piece);
+            // SAFETY: the caller's pin keeps the piece published and unwritten.
+            let bytes = unsafe { self.arena.bytes(block, block.capacity_bytes()) };
+            decode_into(bytes, in_piece, &mut out[done..done + take]).map_err(|_| ())?;
+            pos += take;
+            done += take;
+        }
+        Ok(())
+    }
+
+    /// Copies `[offset, offset+out.len())` of `src` from pinned chunks into `out` (decoding
+    /// compressed ones). Used by both the FUSE hit path and the engine.
+    pub fn copy_cached(&self, src: &Source, offset: u64, out: &mut [u8], touch: bool) -> Copied {
         let end = offset + out.len() as u64;
         let mut pos = offset;
         while pos < end {
@@ -108,22 +197,30 @@ impl Shared {
                 chunk,
             };
             let Some(pin) = self.index.pin(key, touch) else {
-                return false;
+                return Copied::Missing;
             };
             let view = pin.view();
             let in_chunk = (pos - chunk * self.chunk_bytes) as usize;
             let take = ((end - pos) as usize).min(view.logical_len.saturating_sub(in_chunk));
-            if take == 0 || view.form != Form::Raw {
-                return false;
+            if take == 0 {
+                return Copied::Missing;
             }
             let dst = &mut out[(pos - offset) as usize..][..take];
-            // SAFETY: the pin keeps the block published and unwritten while we copy.
-            dst.copy_from_slice(
-                &unsafe { self.arena.bytes(view.block, view.len) }[in_chunk..][..take],
-            );
+            match view.form {
+                Form::Raw => {
+                    // SAFETY: the pin keeps the block published and unwritten while we read it.
+                    let bytes = unsafe { self.arena.bytes(view.block, view.len) };
+                    dst.copy_from_slice(&bytes[in_chunk..][..take]);
+                }
+                Form::Encoded => {
+                    if self.decode_pieces(&view, in_chunk, dst).is_err() {
+                        return Copied::Corrupt(key);
+                    }
+                }
+            }
             pos += take as u64;
         }
-        true
+        Copied::Done
     }
 }
 
@@ -168,6 +265,12 @@ pub struct Engine {
     backlog: VecDeque<u32>,
     completions: Vec<Completion>,
     scratch: Vec<u8>,
+    /// Which `Source` a file id belongs to, for the compressor's hints (weak: closing files must
+    /// still release their descriptors).
+    sources: HashMap<u64, Weak<Source>, BuildHasherDefault<FxHasher>>,
+    encode_scratch: Scratch,
+    encoded: Vec<u8>,
+    piece_buf: Vec<u8>,
     readahead_fills: usize,
 }
 
@@ -202,6 +305,10 @@ impl Engine {
             backlog: VecDeque::with_capacity(waiter_capacity),
             completions: Vec::with_capacity(max_fills + 2),
             scratch: vec![0; shared.max_request_bytes.max(shared.chunk_bytes as usize)],
+            sources: HashMap::with_capacity_and_hasher(1024, Default::default()),
+            encode_scratch: Scratch::new(codec::DEFAULT_FRAME_BYTES),
+            encoded: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
+            piece_buf: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
             readahead_fills: max_fills.saturating_sub(max_fills / 4).max(1),
             shared,
             ring,
@@ -290,6 +397,7 @@ impl Engine {
                 }
             }
             Msg::Purge { file_id, fuse_ino } => self.purge(file_id, fuse_ino),
+            Msg::DropCorrupt { key } => self.drop_key(key),
             Msg::Shutdown => {}
         }
     }
@@ -342,12 +450,23 @@ impl Engine {
         let Some(key) = missing else {
             // Only this thread evicts, so what is present now stays present while we copy.
             let out = &mut self.scratch[..size as usize];
-            let ok = self.shared.copy_cached(&src, offset, out, false);
-            let w = self.unpark(wi);
-            if ok {
-                w.reply.data(&self.scratch[..size as usize]);
-            } else {
-                self.serve_uncached(w);
+            match self.shared.copy_cached(&src, offset, out, false) {
+                Copied::Done => {
+                    let w = self.unpark(wi);
+                    w.reply.data(&self.scratch[..size as usize]);
+                }
+                Copied::Corrupt(key) => {
+                    self.shared
+                        .stats
+                        .decode_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.drop_key(key);
+                    self.evaluate(wi);
+                }
+                Copied::Missing => {
+                    let w = self.unpark(wi);
+                    self.serve_uncached(w);
+                }
             }
             return;
         };
@@ -411,9 +530,153 @@ impl Engine {
             return Some(s);
         }
         let v = self.policy.evict(&self.shared.index)?;
-        self.shared.arena.free(v.view.block);
+        self.forget_block(v.view);
         self.shared.stats.evictions.fetch_add(1, Ordering::Relaxed);
         Some(v.slot)
+    }
+
+    /// Frees a block that left the index, keeping the compressed-bytes gauges right.
+    fn forget_block(&mut self, view: SlotView) {
+        if view.form == Form::Encoded {
+            let s = &self.shared.stats;
+            s.encoded_logical_bytes
+                .fetch_sub(view.logical_len as u64, Ordering::Relaxed);
+            s.encoded_stored_bytes
+                .fetch_sub(view.stored_bytes() as u64, Ordering::Relaxed);
+        }
+        for b in view.blocks() {
+            self.shared.arena.free(b);
+        }
+    }
+
+    /// A victim of the policy: compressed back into the arena (main queue, freq 0) when that pays,
+    /// else dropped. Compressed victims are dropped: each chunk is compressed at most once per
+    /// residency. Scan resistance holds because a compressed entry that is not touched again is
+    /// dropped when it reaches the head of main, while touched hot entries are passed over.
+    fn retire(&mut self, v: Victim) {
+        if v.view.form == Form::Raw && self.compress(&v) {
+            return;
+        }
+        self.forget_block(v.view);
+        self.free_slots.push(v.slot);
+        self.shared.stats.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Compresses a raw victim in place of evicting it. The victim is already out of the index and
+    /// unpinned, so its block is ours to read and free.
+    fn compress(&mut self, v: &Victim) -> bool {
+        if self.shared.compress == CompressMode::Off {
+            return false;
+        }
+        let key = self.shared.index.key_of(v.slot);
+        let src = self.sources.get(&key.file).and_then(Weak::upgrade);
+        let start = key.chunk * self.shared.chunk_bytes;
+        let hint = src.as_ref().map_or(DtypeHint::Unknown, |s| {
+            s.hint_for(start, start + v.view.logical_len as u64)
+        });
+        // SAFETY: the victim left the index with no pins; nobody else reads or writes the block.
+        let raw = unsafe { self.shared.arena.bytes(v.view.block, v.view.len) };
+        let codec = match self.shared.compress {
+            CompressMode::Auto => codec::choose(raw, hint),
+            _ => Codec::Lz4,
+        };
+        if codec == Codec::Raw {
+            return false;
+        }
+        // Encode every piece first (the raw block must stay intact until all are done).
+        let piece_bytes = self.shared.chunk_bytes as usize / PIECES;
+        let mut spans = [(0usize, 0usize); PIECES];
+        self.encoded.clear();
+        let mut piece_buf = std::mem::take(&mut self.piece_buf);
+        for (i, part) in raw.chunks(piece_bytes).enumerate() {
+            let Some(n) = codec::encode_chunk(
+                part,
+                codec,
+                codec::DEFAULT_FRAME_BYTES.min(piece_bytes),
+                self.shared.min_saving,
+                &mut self.encode_scratch,
+                &mut piece_buf,
+            ) else {
+                self.piece_buf = piece_buf;
+                return false;
+            };
+            spans[i] = (self.encoded.len(), n);
+            self.encoded.extend_from_slice(&piece_buf[..n]);
+        }
+        self.piece_buf = piece_buf;
+        let pieces_used = v.view.logical_len.div_ceil(piece_bytes);
+        let pages: usize = spans[..pieces_used]
+            .iter()
+            .map(|&(_, n)| n.div_ceil(PAGE_BYTES))
+            .sum();
+        if pages >= v.view.block.pages as usize {
+            return false;
+        }
+        self.shared.arena.free(v.view.block);
+        let mut view = SlotView {
+            block: v.view.block,
+            len: 0,
+            logical_len: v.view.logical_len,
+            form: Form::Encoded,
+            pieces: [0; PIECES],
+        };
+        for (i, &(at, n)) in spans[..pieces_used].iter().enumerate() {
+            // The raw block just went back and the pieces take fewer pages than it had, so the
+            // freed slab alone can hold them all: this cannot fail.
+            let block = self
+                .shared
+                .arena
+                .alloc(n)
+                .expect("space freed by the raw block");
+            // SAFETY: a fresh block, not yet published: this thread is its only user.
+            unsafe { self.shared.arena.bytes_mut(block, n) }
+                .copy_from_slice(&self.encoded[at..at + n]);
+            view.pieces[i] = pack_block(block);
+            view.len += n;
+        }
+        let stored = view.stored_bytes();
+        self.shared.index.set(v.slot, key, view);
+        self.shared.index.publish(v.slot, key);
+        self.policy.insert_main(v.slot, stored as u32);
+        let s = &self.shared.stats;
+        s.compressions.fetch_add(1, Ordering::Relaxed);
+        s.encoded_logical_bytes
+            .fetch_add(v.view.logical_len as u64, Ordering::Relaxed);
+        s.encoded_stored_bytes
+            .fetch_add(stored as u64, Ordering::Relaxed);
+        if let Some(src) = src {
+            let logical = src
+                .compressed_logical_bytes
+                .fetch_add(v.view.logical_len as u64, Ordering::Relaxed)
+                + v.view.logical_len as u64;
+            let stored = src
+                .compressed_stored_bytes
+                .fetch_add(stored as u64, Ordering::Relaxed)
+                + stored as u64;
+            if !src.compression_logged.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    "COMPRESS {} [{hint:?} {} {:.2}x]",
+                    src.name,
+                    codec.name(),
+                    logical as f64 / stored.max(1) as f64
+                );
+            }
+        }
+        true
+    }
+
+    /// Drops one chunk from the cache (a corrupt compressed chunk), if nobody holds it.
+    fn drop_key(&mut self, key: Key) {
+        let slot = match self.shared.index.pin(key, false) {
+            Some(pin) => pin.slot(),
+            None => return,
+        };
+        if let Some(view) = self.shared.index.try_remove(slot) {
+            self.policy.remove(slot);
+            self.forget_block(view);
+            self.free_slots.push(slot);
+            tracing::warn!("DROP corrupt chunk {} of file id {}", key.chunk, key.file);
+        }
     }
 
     fn alloc_block(&mut self, bytes: usize) -> Option<Block> {
@@ -423,9 +686,7 @@ impl Engine {
                 return Some(b);
             }
             let v = self.policy.evict(&self.shared.index)?;
-            self.shared.arena.free(v.view.block);
-            self.free_slots.push(v.slot);
-            self.shared.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            self.retire(v);
         }
         None
     }
@@ -460,6 +721,9 @@ impl Engine {
             waiters: None,
         });
         self.in_flight.insert(key, f);
+        self.sources
+            .entry(src.file_id)
+            .or_insert_with(|| Arc::downgrade(src));
         self.submit(f);
         self.shared.stats.fills.fetch_add(1, Ordering::Relaxed);
         Some(f)
@@ -552,12 +816,7 @@ impl Engine {
                 );
             }
         }
-        let view = SlotView {
-            block: fill.block,
-            len: fill.want_bytes as usize,
-            logical_len: fill.want_bytes as usize,
-            form: Form::Raw,
-        };
+        let view = SlotView::raw(fill.block, fill.want_bytes as usize);
         self.shared.index.set(fill.slot, fill.key, view);
         self.shared.index.publish(fill.slot, fill.key);
         self.policy.insert(
@@ -588,7 +847,8 @@ impl Engine {
     }
 
     fn purge(&mut self, file_id: u64, fuse_ino: u64) {
-        let index = &self.shared.index;
+        let shared = self.shared.clone();
+        let index = &shared.index;
         let mut dropped = 0u64;
         for slot in 0..index.slot_count() {
             if !self.policy.is_queued(slot) || index.key_of(slot).file != file_id {
@@ -597,11 +857,12 @@ impl Engine {
             // A pinned chunk stays until eviction; its key can no longer be looked up by new opens.
             if let Some(view) = index.try_remove(slot) {
                 self.policy.remove(slot);
-                self.shared.arena.free(view.block);
+                self.forget_block(view);
                 self.free_slots.push(slot);
                 dropped += 1;
             }
         }
+        self.sources.remove(&file_id);
         if let Some(n) = &self.notifier {
             // Outside any request handler, so this cannot deadlock against the kernel's inode lock.
             let _ = n.inval_inode(fuser::INodeNo(fuse_ino), 0, 0);

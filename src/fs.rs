@@ -32,7 +32,9 @@ use fuser::{
 use nitro_ring::Waker;
 use parking_lot::{Mutex, RwLock};
 
-use crate::engine::{Msg, Shared, Source, errno_of};
+use crate::codec::DtypeHint;
+use crate::codec::formats::{self, Layout, Parsed};
+use crate::engine::{Copied, Msg, Shared, Source, errno_of, pread_full};
 use crate::index::Key;
 
 /// How the kernel's page cache is used for file data (see README, "Kernel cooperation").
@@ -232,6 +234,7 @@ impl NitroFs {
         }
         let fd = open_source(&path, false).map_err(|e| errno_of(&e))?;
         let direct_fd = open_source(&path, true).ok();
+        let (layout, default_hint) = read_layout(&fd, &path, meta.size());
         let name: Arc<str> = path
             .file_name()
             .map(|n| n.to_string_lossy().into())
@@ -243,6 +246,11 @@ impl NitroFs {
             size: meta.size(),
             name,
             fuse_ino: ino.0,
+            layout,
+            default_hint,
+            compressed_logical_bytes: AtomicU64::new(0),
+            compressed_stored_bytes: AtomicU64::new(0),
+            compression_logged: std::sync::atomic::AtomicBool::new(false),
         });
         let changed = current.is_some();
         if let Some((_, old)) = current.replace((now, src.clone())) {
@@ -365,6 +373,41 @@ fn open_source(path: &Path, direct: bool) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: fd is a fresh descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads a weight file's header (safetensors, GGUF) so the compressor knows each tensor's dtype.
+/// Costs one or two small reads per new file version; any failure just means "no layout".
+fn read_layout(fd: &OwnedFd, path: &Path, size: u64) -> (Option<Layout>, DtypeHint) {
+    const MAX_HEADER_BYTES: usize = 64 << 20;
+    let mut want = 64 * 1024usize;
+    let mut head = Vec::new();
+    let mut layout = None;
+    for _ in 0..8 {
+        let len = want.min(size as usize).min(MAX_HEADER_BYTES);
+        head.resize(len, 0);
+        let Ok(n) = pread_full(fd, &mut head, 0) else {
+            break;
+        };
+        head.truncate(n);
+        match Layout::parse(&head, size) {
+            Ok(Some(Parsed::Layout(l))) => {
+                layout = Some(l);
+                break;
+            }
+            Ok(Some(Parsed::NeedMore(more))) if more > head.len() && more <= MAX_HEADER_BYTES => {
+                want = more;
+            }
+            _ => break,
+        }
+    }
+    let default_hint = if layout.is_some() {
+        DtypeHint::Unknown
+    } else if formats::hint_from_name(path) == Some(DtypeHint::Text) || formats::sniff_text(&head) {
+        DtypeHint::Text
+    } else {
+        DtypeHint::Unknown
+    };
+    (layout, default_hint)
 }
 
 fn xattr_reply(result: std::io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
@@ -530,13 +573,32 @@ impl Filesystem for NitroFs {
             };
             if let Some(pin) = shared.index.pin(key, touch) {
                 let view = pin.view();
+                let start = (offset - first * shared.chunk_bytes) as usize;
                 if view.form == crate::index::Form::Raw {
-                    let start = (offset - first * shared.chunk_bytes) as usize;
-                    shared.stats.hits.fetch_add(1, Ordering::Relaxed);
                     // SAFETY: pinned; the block is published and not written while pinned.
-                    let bytes = unsafe { shared.arena.bytes(pin.view().block, view.len) };
+                    let bytes = unsafe { shared.arena.bytes(view.block, view.len) };
+                    shared.stats.hits.fetch_add(1, Ordering::Relaxed);
                     return reply.data(&bytes[start..start + size as usize]);
                 }
+                let mut pending = Some(reply);
+                SCRATCH.with(|s| {
+                    let mut s = s.borrow_mut();
+                    if s.len() < size as usize {
+                        s.resize(shared.max_request_bytes.max(size as usize), 0);
+                    }
+                    let out = &mut s[..size as usize];
+                    if shared.decode_pieces(&view, start, out).is_ok()
+                        && let Some(reply) = pending.take()
+                    {
+                        shared.stats.hits.fetch_add(1, Ordering::Relaxed);
+                        reply.data(out);
+                    }
+                });
+                let Some(r) = pending else { return };
+                reply = r;
+                drop(pin);
+                shared.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                self.send(Msg::DropCorrupt { key });
             }
         } else {
             let mut pending = Some(reply);
@@ -546,11 +608,18 @@ impl Filesystem for NitroFs {
                     s.resize(shared.max_request_bytes.max(size as usize), 0);
                 }
                 let out = &mut s[..size as usize];
-                if shared.copy_cached(src, offset, out, touch)
-                    && let Some(reply) = pending.take()
-                {
-                    shared.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    reply.data(out);
+                match shared.copy_cached(src, offset, out, touch) {
+                    Copied::Done => {
+                        if let Some(reply) = pending.take() {
+                            shared.stats.hits.fetch_add(1, Ordering::Relaxed);
+                            reply.data(out);
+                        }
+                    }
+                    Copied::Corrupt(key) => {
+                        shared.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                        self.send(Msg::DropCorrupt { key });
+                    }
+                    Copied::Missing => {}
                 }
             });
             let Some(r) = pending else { return };

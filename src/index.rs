@@ -88,15 +88,70 @@ pub struct Slot {
     logical_len: AtomicU32,
     key_file: AtomicU64,
     key_chunk: AtomicU64,
+    pieces: [AtomicU64; PIECES],
 }
+
+/// A compressed chunk is stored as this many independently encoded pieces (each covering
+/// `chunk / PIECES` logical bytes). Why: a whole compressed chunk of ratio 0.69 is 69% of a slab
+/// and two never share one, so storing it contiguously would save nothing; pieces of ~9% of a slab
+/// pack into the holes of packed slabs.
+pub const PIECES: usize = 8;
 
 /// A slot as seen by a pinned reader.
 #[derive(Clone, Copy, Debug)]
 pub struct SlotView {
+    /// Raw: the chunk's block. Encoded: unused (see `pieces`).
     pub block: Block,
     pub len: usize,
     pub logical_len: usize,
     pub form: Form,
+    /// Encoded only: piece blocks, packed by `pack_block`; 0 = none.
+    pub pieces: [u64; PIECES],
+}
+
+impl SlotView {
+    pub fn raw(block: Block, len: usize) -> SlotView {
+        SlotView {
+            block,
+            len,
+            logical_len: len,
+            form: Form::Raw,
+            pieces: [0; PIECES],
+        }
+    }
+
+    pub fn piece(&self, i: usize) -> Option<Block> {
+        unpack_block(self.pieces[i])
+    }
+
+    /// Every block this slot holds (one for raw, the pieces for encoded).
+    pub fn blocks(&self) -> impl Iterator<Item = Block> + '_ {
+        let raw = (self.form == Form::Raw).then_some(self.block);
+        raw.into_iter().chain((0..PIECES).filter_map(move |i| {
+            if self.form == Form::Encoded {
+                self.piece(i)
+            } else {
+                None
+            }
+        }))
+    }
+
+    /// Arena bytes this slot takes.
+    pub fn stored_bytes(&self) -> usize {
+        self.blocks().map(Block::capacity_bytes).sum()
+    }
+}
+
+pub fn pack_block(b: Block) -> u64 {
+    assert!(b.pages > 0 && b.pages < 1 << 16);
+    (b.offset / crate::arena::PAGE_BYTES as u64) << 16 | u64::from(b.pages)
+}
+
+fn unpack_block(v: u64) -> Option<Block> {
+    (v != 0).then(|| Block {
+        offset: (v >> 16) * crate::arena::PAGE_BYTES as u64,
+        pages: (v & 0xffff) as u32,
+    })
 }
 
 pub struct Index {
@@ -153,6 +208,7 @@ impl Index {
                 logical_len: AtomicU32::new(0),
                 key_file: AtomicU64::new(0),
                 key_chunk: AtomicU64::new(0),
+                pieces: Default::default(),
             })
             .collect();
         Index {
@@ -198,6 +254,17 @@ impl Index {
 
     fn view(&self, slot: u32) -> SlotView {
         let s = &self.slots[slot as usize];
+        let form = if s.form.load(Ordering::Relaxed) == 0 {
+            Form::Raw
+        } else {
+            Form::Encoded
+        };
+        let mut pieces = [0u64; PIECES];
+        if form == Form::Encoded {
+            for (p, a) in pieces.iter_mut().zip(&s.pieces) {
+                *p = a.load(Ordering::Relaxed);
+            }
+        }
         SlotView {
             block: Block {
                 offset: s.block_offset.load(Ordering::Relaxed),
@@ -205,11 +272,8 @@ impl Index {
             },
             len: s.len.load(Ordering::Relaxed) as usize,
             logical_len: s.logical_len.load(Ordering::Relaxed) as usize,
-            form: if s.form.load(Ordering::Relaxed) == 0 {
-                Form::Raw
-            } else {
-                Form::Encoded
-            },
+            form,
+            pieces,
         }
     }
 
@@ -226,6 +290,9 @@ impl Index {
             .store(u8::from(view.form == Form::Encoded), Ordering::Relaxed);
         s.key_file.store(key.file, Ordering::Relaxed);
         s.key_chunk.store(key.chunk, Ordering::Relaxed);
+        for (a, p) in s.pieces.iter().zip(view.pieces) {
+            a.store(p, Ordering::Relaxed);
+        }
     }
 
     /// Owner only: makes a filled slot visible to readers.
@@ -296,12 +363,7 @@ mod tests {
     use super::*;
 
     fn view(offset: u64) -> SlotView {
-        SlotView {
-            block: Block { offset, pages: 1 },
-            len: 10,
-            logical_len: 10,
-            form: Form::Raw,
-        }
+        SlotView::raw(Block { offset, pages: 1 }, 10)
     }
 
     #[test]

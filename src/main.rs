@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nitro_uring::mount::{CacheMode, MountConfig, Mounted};
+use nitro_uring::mount::{CacheMode, CompressMode, MountConfig, Mounted};
 use nitro_uring::size::parse_size;
 
 #[derive(Parser)]
@@ -59,6 +59,9 @@ struct MountArgs {
     /// direct: no second copy in the page cache (default); keep: page cache keeps read data
     #[arg(long, value_enum, default_value = "direct")]
     cache_mode: CacheMode,
+    /// Compress chunks leaving the hot set: auto (per dtype), lz4, or off
+    #[arg(long, value_enum, default_value = "auto")]
+    compress: CompressMode,
 }
 
 fn parse_readahead(s: &str) -> Result<u64, String> {
@@ -132,6 +135,7 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
     cfg.allow_other = a.allow_other;
     cfg.lock = a.lock;
     cfg.cache_mode = a.cache_mode;
+    cfg.compress = a.compress;
     // Signals are caught before mounting so a Ctrl+C during start-up still unmounts.
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
     let handle = signals.handle();

@@ -16,6 +16,7 @@ use fuser::{Config, MountOption, SessionACL, SessionUnmounter};
 use nitro_ring::Waker;
 
 use crate::arena::{Arena, PAGE_BYTES};
+pub use crate::engine::CompressMode;
 use crate::engine::{Engine, Msg, Shared, Stats};
 pub use crate::fs::CacheMode;
 use crate::fs::{NitroFs, Options};
@@ -34,6 +35,7 @@ pub struct MountConfig {
     pub allow_other: bool,
     pub lock: bool,
     pub cache_mode: CacheMode,
+    pub compress: CompressMode,
 }
 
 impl MountConfig {
@@ -52,6 +54,7 @@ impl MountConfig {
             allow_other: false,
             lock: false,
             cache_mode: CacheMode::Direct,
+            compress: CompressMode::Auto,
         }
     }
 }
@@ -67,6 +70,13 @@ pub struct StatsSnapshot {
     pub fill_errors: u64,
     pub invalidations: u64,
     pub uncached_reads: u64,
+    pub compressions: u64,
+    pub decode_errors: u64,
+    /// Logical bytes the resident compressed chunks stand for, and the arena bytes they take.
+    pub encoded_logical_bytes: u64,
+    pub encoded_stored_bytes: u64,
+    /// Logical bytes cached (raw + decoded size of compressed) per pool byte used.
+    pub logical_cached_bytes: u64,
     pub pool_used_bytes: u64,
     pub pool_bytes: u64,
     pub index_overhead_bytes: u64,
@@ -75,6 +85,7 @@ pub struct StatsSnapshot {
 fn snapshot(shared: &Shared) -> StatsSnapshot {
     let s: &Stats = &shared.stats;
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let used = shared.arena.usage().used_bytes;
     StatsSnapshot {
         hits: r(&s.hits),
         misses: r(&s.misses),
@@ -85,7 +96,13 @@ fn snapshot(shared: &Shared) -> StatsSnapshot {
         fill_errors: r(&s.fill_errors),
         invalidations: r(&s.invalidations),
         uncached_reads: r(&s.uncached_reads),
-        pool_used_bytes: shared.arena.usage().used_bytes,
+        compressions: r(&s.compressions),
+        decode_errors: r(&s.decode_errors),
+        encoded_logical_bytes: r(&s.encoded_logical_bytes),
+        encoded_stored_bytes: r(&s.encoded_stored_bytes),
+        logical_cached_bytes: used - r(&s.encoded_stored_bytes).min(used)
+            + r(&s.encoded_logical_bytes),
+        pool_used_bytes: used,
         pool_bytes: shared.arena.pool_bytes() as u64,
         index_overhead_bytes: shared.index.overhead_bytes() as u64,
     }
@@ -334,6 +351,8 @@ impl Mounted {
             chunk_bytes: cfg.chunk_bytes,
             max_request_bytes,
             last_fill: parking_lot::Mutex::new(None),
+            compress: cfg.compress,
+            min_saving: crate::codec::DEFAULT_MIN_SAVING,
         });
         let (tx, rx) = crossbeam_channel::bounded(4096);
         // The engine needs the session's notifier, which exists only once mounted; the ring (and its
@@ -462,13 +481,17 @@ impl Mounted {
         }
         let s = snapshot(&self.shared);
         tracing::info!(
-            "UNMOUNT hits {} misses {} fills {} ({} MiB) evictions {} errors {}",
+            "UNMOUNT hits {} misses {} fills {} ({} MiB) evictions {} errors {} compressed {} ({} MiB in {} MiB) logical/pool {:.2}",
             s.hits,
             s.misses,
             s.fills,
             s.fill_bytes >> 20,
             s.evictions,
-            s.fill_errors
+            s.fill_errors,
+            s.compressions,
+            s.encoded_logical_bytes >> 20,
+            s.encoded_stored_bytes >> 20,
+            s.logical_cached_bytes as f64 / s.pool_bytes.max(1) as f64
         );
         result
     }

@@ -89,6 +89,16 @@ impl S3Fifo {
         self.queue[slot as usize] != Queue::None
     }
 
+    /// A slot re-published after compression: it has proven reuse, so it goes straight to main.
+    pub fn insert_main(&mut self, slot: u32, bytes: u32) {
+        let s = slot as usize;
+        assert_eq!(self.queue[s], Queue::None, "slot {slot} inserted twice");
+        self.bytes[s] = bytes;
+        self.queue[s] = Queue::Main;
+        self.main.push_back((slot, self.generation[s]));
+        self.main_bytes += u64::from(bytes);
+    }
+
     /// The slot was removed from the index by someone else (invalidation): forget it.
     pub fn remove(&mut self, slot: u32) {
         let s = slot as usize;
@@ -224,21 +234,19 @@ impl S3Fifo {
 mod tests {
     use super::*;
     use crate::arena::Block;
-    use crate::index::{Form, Key};
+    use crate::index::Key;
 
     fn fill(index: &Index, policy: &mut S3Fifo, slot: u32, key: Key) {
         index.set(
             slot,
             key,
-            SlotView {
-                block: Block {
+            SlotView::raw(
+                Block {
                     offset: u64::from(slot) * 4096,
                     pages: 1,
                 },
-                len: 1,
-                logical_len: 1,
-                form: Form::Raw,
-            },
+                1,
+            ),
         );
         index.publish(slot, key);
         policy.insert(slot, key.hash64(), 1);
