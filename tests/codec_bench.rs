@@ -111,3 +111,45 @@ fn calibrate_choose() {
         }
     }
 }
+
+/// Cost of `choose` per 1 MiB chunk by data shape, against a plain copy of the chunk.
+#[test]
+#[ignore = "diagnostic: run explicitly"]
+fn choose_cost() {
+    use nitro_uring::codec::{DtypeHint, choose};
+    use std::hint::black_box;
+    use std::time::Instant;
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let noise: Vec<u8> = (0..1 << 20).map(|_| next() as u8).collect();
+    let floats: Vec<u8> = (0..1 << 18)
+        .flat_map(|_| {
+            let u = (next() % 10_000) as f32 / 10_000.0 - 0.5;
+            (u * u * u * 0.1).to_le_bytes()
+        })
+        .collect();
+    let mut copy = vec![0u8; 1 << 20];
+    let reps = 2000;
+    let t = Instant::now();
+    for _ in 0..reps {
+        copy.copy_from_slice(black_box(&noise));
+        black_box(&mut copy);
+    }
+    let copy_ns = t.elapsed().as_nanos() as f64 / reps as f64;
+    for (name, data) in [("noise", &noise), ("f32", &floats)] {
+        let t = Instant::now();
+        for _ in 0..reps * 10 {
+            black_box(choose(black_box(data), DtypeHint::Unknown));
+        }
+        let ns = t.elapsed().as_nanos() as f64 / (reps * 10) as f64;
+        println!(
+            "{name}: choose {ns:.0} ns = {:.2}% of a 1 MiB copy ({copy_ns:.0} ns)",
+            100.0 * ns / copy_ns
+        );
+    }
+}

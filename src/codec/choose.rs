@@ -51,21 +51,99 @@ pub fn choose(chunk: &[u8], hint: DtypeHint) -> Codec {
     if chunk.len() < 64 {
         return Codec::Raw;
     }
-    let mut hist = [[0u16; 256]; LANES];
     let windows = window_starts(chunk.len());
-    // The probe is the middle window: chunk edges are where tensors (and dtypes) change.
-    let probe = windows[WINDOWS / 2];
-    add_to_histograms(&mut hist, window(chunk, probe));
-    let probe_is_uniform = hist.iter().all(|lane| distinct(lane) >= PROBE_DISTINCT_RAW);
-    if probe_is_uniform {
+    // The probe is a middle window: chunk edges are where tensors (and dtypes) change.
+    let probe = WINDOWS / 2;
+    let mut lanes = [[0u16; 256]; LANES];
+    add_to_histograms(&mut lanes, window(chunk, windows[probe]));
+    let distinct = distinct_per_lane(&lanes);
+    if distinct.iter().all(|&d| d >= PROBE_DISTINCT_RAW) {
         return Codec::Raw;
     }
+    let mut sample = Sample::default();
+    sample.add_window(&lanes, distinct);
     for (i, &start) in windows.iter().enumerate() {
-        if i != WINDOWS / 2 {
-            add_to_histograms(&mut hist, window(chunk, start));
+        if i != probe {
+            lanes = [[0u16; 256]; LANES];
+            add_to_histograms(&mut lanes, window(chunk, start));
+            sample.add_window(&lanes, distinct_per_lane(&lanes));
         }
     }
-    decide(&analyze(&hist), hint)
+    decide(&sample.analyze(), hint)
+}
+
+/// Histograms of the sample, each window's lanes rotated so that its most skewed lane lands in
+/// the same slot. Tensors in one chunk need not share an alignment (CTranslate2 packs tensors at
+/// odd offsets, so an FP16 exponent byte is sometimes even, sometimes odd), but each frame is
+/// split on its own, so what predicts the ratio is each window's skew, wherever it sits.
+struct Sample {
+    /// Even/odd byte planes (16-bit split); `[1]` is the more skewed one.
+    pairs: [[u16; 256]; 2],
+    /// Byte `p` of 32-bit elements; `[3]` is the most skewed one.
+    lanes: [[u16; 256]; LANES],
+    /// All bytes.
+    total: [u16; 256],
+}
+
+impl Default for Sample {
+    fn default() -> Self {
+        Sample {
+            pairs: [[0; 256]; 2],
+            lanes: [[0; 256]; LANES],
+            total: [0; 256],
+        }
+    }
+}
+
+fn add_lane(acc: &mut [u16; 256], lane: &[u16; 256]) {
+    for (a, &c) in acc.iter_mut().zip(lane) {
+        *a += c;
+    }
+}
+
+impl Sample {
+    fn add_window(&mut self, w: &[[u16; 256]; LANES], distinct: [u32; LANES]) {
+        let odd_skewed = distinct[1] + distinct[3] <= distinct[0] + distinct[2];
+        let (flat, skewed) = if odd_skewed {
+            ([0, 2], [1, 3])
+        } else {
+            ([1, 3], [0, 2])
+        };
+        for p in flat {
+            add_lane(&mut self.pairs[0], &w[p]);
+        }
+        for p in skewed {
+            add_lane(&mut self.pairs[1], &w[p]);
+        }
+        let most_skewed = (0..LANES).min_by_key(|&p| distinct[p]).unwrap_or(LANES - 1);
+        let rotate = LANES - 1 - most_skewed;
+        for (p, lane) in w.iter().enumerate() {
+            add_lane(&mut self.lanes[(p + rotate) % LANES], lane);
+            add_lane(&mut self.total, lane);
+        }
+    }
+
+    fn analyze(&self) -> SampleStats {
+        let lane_bits = std::array::from_fn(|p| entropy_bits(&self.lanes[p]));
+        let pair_bits = [entropy_bits(&self.pairs[0]), entropy_bits(&self.pairs[1])];
+        let sample_bytes: u32 = self.total.iter().map(|&c| u32::from(c)).sum();
+        let n = f64::from(sample_bytes.max(1));
+        let top = self.total.iter().copied().max().unwrap_or(0);
+        let texty: u32 = self
+            .total
+            .iter()
+            .enumerate()
+            .filter(|&(b, _)| matches!(b, 0x09 | 0x0A | 0x0D | 0x20..=0x7E | 0x80..=0xFF))
+            .map(|(_, &c)| u32::from(c))
+            .sum();
+        SampleStats {
+            lane_bits,
+            pair_bits,
+            top_share: f64::from(top) / n,
+            text_share: f64::from(texty) / n,
+            has_nul: self.total[0] != 0,
+        }
+    }
 }
 
 /// Start offsets of the sample windows: one in the middle of each quarter, 4-byte aligned so that
@@ -94,16 +172,17 @@ fn add_to_histograms(hist: &mut [[u16; 256]; LANES], bytes: &[u8]) {
     }
 }
 
-fn distinct(lane: &[u16; 256]) -> u32 {
-    lane.iter().map(|&c| u32::from(c != 0)).sum()
+fn distinct_per_lane(lanes: &[[u16; 256]; LANES]) -> [u32; LANES] {
+    std::array::from_fn(|p| lanes[p].iter().map(|&c| u32::from(c != 0)).sum())
 }
 
 /// Sample statistics behind a decision (exposed for the benchmark and tests).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SampleStats {
-    /// Entropy of byte lane `p` (position mod 4), bits per byte, bias-corrected.
+    /// Entropy (bits per byte, bias-corrected) of the four byte lanes of 32-bit elements, each
+    /// window rotated so that its most skewed lane is `[3]`.
     pub lane_bits: [f64; LANES],
-    /// Entropy of the even / odd byte positions (the two planes of a 16-bit split).
+    /// Entropy of the two byte planes of 16-bit elements, the more skewed one as `[1]`.
     pub pair_bits: [f64; 2],
     /// Share of the sample taken by its most frequent byte value.
     pub top_share: f64,
@@ -132,50 +211,17 @@ fn plane_cost(bits: f64) -> f64 {
 
 /// Full statistics of `chunk`'s sample, without the early probe exit.
 pub fn sample_stats(chunk: &[u8]) -> SampleStats {
-    let mut hist = [[0u16; 256]; LANES];
+    let mut sample = Sample::default();
     for start in window_starts(chunk.len()) {
-        add_to_histograms(&mut hist, window(chunk, start));
+        let mut lanes = [[0u16; 256]; LANES];
+        add_to_histograms(&mut lanes, window(chunk, start));
+        sample.add_window(&lanes, distinct_per_lane(&lanes));
     }
-    analyze(&hist)
+    sample.analyze()
 }
 
-fn analyze(hist: &[[u16; 256]; LANES]) -> SampleStats {
-    let lane_bits = std::array::from_fn(|p| entropy_bits(hist[p].iter().map(|&c| u32::from(c))));
-    let pair = |a: usize, b: usize| {
-        entropy_bits(
-            hist[a]
-                .iter()
-                .zip(&hist[b])
-                .map(|(&x, &y)| u32::from(x) + u32::from(y)),
-        )
-    };
-    let pair_bits = [pair(0, 2), pair(1, 3)];
-
-    let mut total = [0u32; 256];
-    for lane in hist {
-        for (t, &c) in total.iter_mut().zip(lane) {
-            *t += u32::from(c);
-        }
-    }
-    let sample_bytes: u32 = total.iter().sum();
-    let n = f64::from(sample_bytes.max(1));
-    let top = total.iter().copied().max().unwrap_or(0);
-    let texty: u32 = total
-        .iter()
-        .enumerate()
-        .filter(|&(b, _)| matches!(b, 0x09 | 0x0A | 0x0D | 0x20..=0x7E | 0x80..=0xFF))
-        .map(|(_, &c)| c)
-        .sum();
-    SampleStats {
-        lane_bits,
-        pair_bits,
-        top_share: f64::from(top) / n,
-        text_share: f64::from(texty) / n,
-        has_nul: total[0] != 0,
-    }
-}
-
-/// `c · log2(c)` for every count a histogram of the sample can hold.
+/// `c · log2(c)` for every count a histogram of the sample can hold (a 16-bit plane sees half
+/// the sample).
 fn nlog2n_table() -> &'static [f32] {
     static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
     TABLE.get_or_init(|| {
@@ -193,20 +239,21 @@ fn nlog2n_table() -> &'static [f32] {
 
 /// Shannon entropy (bits per symbol) of a histogram, with the Miller–Madow correction for the
 /// downward bias of small samples (`(distinct − 1) / (2 n ln 2)` bits).
-fn entropy_bits(counts: impl Iterator<Item = u32>) -> f64 {
+fn entropy_bits(hist: &[u16; 256]) -> f64 {
     let table = nlog2n_table();
-    let (mut n, mut sum, mut seen) = (0u32, 0f64, 0u32);
-    for c in counts {
-        n += c;
-        seen += u32::from(c != 0);
-        sum += f64::from(table.get(c as usize).copied().unwrap_or_else(|| {
-            let c = f64::from(c);
-            (c * c.log2()) as f32
-        }));
+    // Eight partial sums: one running sum would serialize on float-add latency.
+    let (mut sums, mut n, mut seen) = ([0f32; 8], 0u32, 0u32);
+    for bins in hist.chunks_exact(8) {
+        for (sum, &c) in sums.iter_mut().zip(bins) {
+            *sum += table[usize::from(c).min(table.len() - 1)];
+            n += u32::from(c);
+            seen += u32::from(c != 0);
+        }
     }
     if n == 0 {
         return 8.0;
     }
+    let sum: f64 = sums.iter().map(|&s| f64::from(s)).sum();
     let n = f64::from(n);
     let plug_in = n.log2() - sum / n;
     let correction = f64::from(seen.saturating_sub(1)) / (2.0 * n * std::f64::consts::LN_2);
@@ -307,12 +354,23 @@ mod tests {
 
     #[test]
     fn entropy_estimates_are_sane() {
-        let uniform = entropy_bits((0..256).map(|_| 8u32));
+        let uniform = entropy_bits(&[8u16; 256]);
         assert!((uniform - 8.0).abs() < 1e-6, "{uniform}");
-        let one_value = entropy_bits(std::iter::once(2048u32).chain((1..256).map(|_| 0)));
-        assert!(one_value.abs() < 1e-6, "{one_value}");
-        let two_values = entropy_bits([1024u32, 1024].into_iter().chain((2..256).map(|_| 0)));
-        assert!((two_values - 1.0).abs() < 0.01, "{two_values}");
+        let mut one_value = [0u16; 256];
+        one_value[7] = 1024;
+        assert!(entropy_bits(&one_value).abs() < 1e-6);
+        let mut two_values = [0u16; 256];
+        two_values[0] = 512;
+        two_values[255] = 512;
+        let bits = entropy_bits(&two_values);
+        assert!((bits - 1.0).abs() < 0.01, "{bits}");
+        // 16 equally likely values, sampled: the bias correction brings it close to 4 bits.
+        let mut sixteen = [0u16; 256];
+        for (i, c) in sixteen.iter_mut().enumerate().take(16) {
+            *c = 28 + (i as u16 % 3) * 4; // uneven, as real samples are
+        }
+        let bits = entropy_bits(&sixteen);
+        assert!((bits - 4.0).abs() < 0.05, "{bits}");
     }
 
     #[test]

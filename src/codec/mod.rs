@@ -39,6 +39,7 @@
 mod block;
 mod checksum;
 mod choose;
+mod lz4hc;
 mod planes;
 
 pub mod bench;
@@ -73,7 +74,7 @@ pub enum DtypeHint {
 pub enum Codec {
     /// Stored as is.
     Raw,
-    /// LZ4 block per frame: for text, JSON, tokenizers, zero runs.
+    /// LZ4 block per frame (hash-chain encoder, standard format): text, JSON, tokenizers, runs.
     Lz4,
     /// 16-bit elements split into 2 byte planes, zstd (level 1) on each plane that pays.
     Planes16,
@@ -195,10 +196,15 @@ pub struct Scratch {
     frame: Vec<u8>,
     /// Planes: split planes (encode) or zstd-decoded planes (decode).
     planes: Vec<u8>,
-    /// Encode only: compressed output of one plane / one LZ4 frame.
+    /// Encode only: compressed output of one plane.
     packed: Vec<u8>,
-    compressor: Option<zstd::bulk::Compressor<'static>>,
-    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    /// Encode only: LZ4 match-finder tables (~200 KiB), created on first LZ4 encode.
+    lz4: Option<Box<lz4hc::Lz4Hc>>,
+    /// zstd contexts used directly (not `zstd::bulk`): their error path returns a code instead
+    /// of building an `io::Error`, and "does not fit" is the common, expected outcome for planes
+    /// that do not compress.
+    compressor: Option<zstd::zstd_safe::CCtx<'static>>,
+    decompressor: Option<zstd::zstd_safe::DCtx<'static>>,
 }
 
 impl Scratch {
@@ -211,6 +217,7 @@ impl Scratch {
             frame: vec![0; frame_bytes],
             planes: vec![0; frame_bytes],
             packed: Vec::new(),
+            lz4: None,
             compressor: None,
             decompressor: None,
         }
