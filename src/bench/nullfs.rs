@@ -1,0 +1,305 @@
+//! The FUSE ceiling: an in-process filesystem with the same fuser setup as the real mount (same
+//! `Config`, worker threads, `clone_fd`, INIT capabilities, max request and readahead, open flags),
+//! whose `read` replies with a slice of a static zero buffer and does no cache work at all. Whatever
+//! the real mount achieves, it cannot beat this one by more than noise: the gap between them is
+//! what the cache itself costs.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Result, anyhow};
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEntry, ReplyOpen, Request, SessionACL, SessionUnmounter,
+};
+
+use crate::mount::CacheMode;
+
+const TTL: Duration = Duration::from_secs(1);
+
+/// A file the null filesystem pretends to hold (it reads as zeros).
+#[derive(Clone, Debug)]
+pub struct NullFile {
+    pub name: String,
+    pub size: u64,
+}
+
+struct NullFs {
+    files: Vec<NullFile>,
+    mode: CacheMode,
+    max_request_bytes: usize,
+    zeros: Box<[u8]>,
+    created: SystemTime,
+    uid: u32,
+    gid: u32,
+}
+
+impl NullFs {
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
+        let (kind, size, perm, nlink) = if ino == INodeNo::ROOT.0 {
+            (FileType::Directory, 0, 0o555, 2)
+        } else {
+            let f = self.files.get((ino - 2) as usize)?;
+            (FileType::RegularFile, f.size, 0o444, 1)
+        };
+        Some(FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: self.created,
+            mtime: self.created,
+            ctime: self.created,
+            crtime: self.created,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+}
+
+impl Filesystem for NullFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Mirrors NitroFs::init (src/fs.rs) so both negotiate the same session.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        let supported = config.capabilities() & wanted;
+        let _ = config.add_capabilities(supported);
+        let request = (self.max_request_bytes as u32).max(4096);
+        let _ = config.set_max_write(request);
+        if let Err(max) = config.set_max_readahead(request) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent != INodeNo::ROOT {
+            return reply.error(Errno::ENOENT);
+        }
+        match self
+            .files
+            .iter()
+            .position(|f| f.name.as_bytes() == name.as_bytes())
+        {
+            Some(i) => match self.attr(i as u64 + 2) {
+                Some(a) => reply.entry(&TTL, &a, Generation(0)),
+                None => reply.error(Errno::ENOENT),
+            },
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino.0) {
+            Some(a) => reply.attr(&TTL, &a),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        if self.attr(ino.0).is_none() {
+            return reply.error(Errno::ENOENT);
+        }
+        let open_flags = match self.mode {
+            CacheMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
+            CacheMode::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+        };
+        reply.opened(FileHandle(ino.0), open_flags);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(f) = ino
+            .0
+            .checked_sub(2)
+            .and_then(|i| self.files.get(i as usize))
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        let n = (u64::from(size)).min(f.size.saturating_sub(offset)) as usize;
+        reply.data(&self.zeros[..n.min(self.zeros.len())]);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if ino != INodeNo::ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if ino != INodeNo::ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let mut entries: Vec<(u64, FileType, &OsStr)> = vec![
+            (1, FileType::Directory, OsStr::new(".")),
+            (1, FileType::Directory, OsStr::new("..")),
+        ];
+        for (i, f) in self.files.iter().enumerate() {
+            entries.push((i as u64 + 2, FileType::RegularFile, OsStr::new(&f.name)));
+        }
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+}
+
+/// A zero buffer backed by real, written pages (like the arena's), not by the shared zero page a
+/// fresh allocation maps: copying out of the zero page takes other kernel paths, and the ceiling
+/// should cost what a cache hit costs minus the cache work.
+fn touched_zeros(len: usize) -> Box<[u8]> {
+    let mut v = vec![1u8; len];
+    std::hint::black_box(&mut v);
+    v.fill(0);
+    std::hint::black_box(&mut v);
+    v.into_boxed_slice()
+}
+
+/// A mounted null filesystem. Dropping it unmounts.
+pub struct NullMount {
+    mountpoint: PathBuf,
+    unmounter: Option<SessionUnmounter>,
+    session: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// What the real mount uses per request: the chunk, capped by the kernel's max_pages_limit.
+pub fn max_request_bytes(chunk_bytes: u64) -> usize {
+    let limit: u64 = std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(256);
+    (limit * 4096).min(chunk_bytes) as usize
+}
+
+impl NullMount {
+    /// Mounts the null filesystem at `mountpoint` (an empty directory) and returns once it is live.
+    pub fn spawn(
+        mountpoint: &Path,
+        files: Vec<NullFile>,
+        mode: CacheMode,
+        threads: usize,
+        chunk_bytes: u64,
+        readahead_bytes: u64,
+    ) -> Result<NullMount> {
+        let max_request = max_request_bytes(chunk_bytes);
+        let fs = NullFs {
+            files,
+            mode,
+            max_request_bytes: max_request,
+            zeros: touched_zeros(max_request.max(1 << 20)),
+            created: SystemTime::now(),
+            // SAFETY: getuid/getgid have no preconditions.
+            uid: unsafe { libc::getuid() },
+            // SAFETY: as above.
+            gid: unsafe { libc::getgid() },
+        };
+        // The same options as `Mounted::spawn` (src/mount.rs), bar the names.
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName("nitro-null".into()),
+            MountOption::Subtype("nitro-null".into()),
+            MountOption::RO,
+            MountOption::DefaultPermissions,
+            MountOption::NoDev,
+            MountOption::NoSuid,
+            MountOption::NoAtime,
+        ];
+        config.acl = SessionACL::Owner;
+        config.n_threads = Some(threads);
+        config.clone_fd = true;
+        let mut session = fuser::Session::new(fs, mountpoint, &config).map_err(|e| {
+            anyhow!(
+                "null filesystem mount at {} failed: {e}",
+                mountpoint.display()
+            )
+        })?;
+        let unmounter = session.unmount_callable();
+        let session = std::thread::Builder::new()
+            .name("nitro-null".into())
+            .spawn(move || session.run())?;
+        // Same bdi readahead as the real mount gets.
+        if let Some(dev) = super::sys::mount_dev(mountpoint) {
+            let kb = (readahead_bytes.max(chunk_bytes) / 1024).max(128);
+            let _ = std::fs::write(
+                format!("/sys/class/bdi/{dev}/read_ahead_kb"),
+                kb.to_string(),
+            );
+        }
+        Ok(NullMount {
+            mountpoint: mountpoint.to_path_buf(),
+            unmounter: Some(unmounter),
+            session: Some(session),
+        })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.mountpoint.join(name)
+    }
+
+    pub fn unmount(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        let mut result = Ok(());
+        if let Some(mut u) = self.unmounter.take()
+            && let Err(e) = u.unmount()
+        {
+            // Busy: detach so the session still ends.
+            if let Err(e2) = crate::mount::umount(&self.mountpoint, true) {
+                result = Err(anyhow!(
+                    "unmount {}: {e}; detach: {e2}",
+                    self.mountpoint.display()
+                ));
+            }
+        }
+        if let Some(s) = self.session.take() {
+            let _ = s.join();
+        }
+        result
+    }
+}
+
+impl Drop for NullMount {
+    fn drop(&mut self) {
+        if self.session.is_some() {
+            let _ = self.teardown();
+        }
+    }
+}
