@@ -36,14 +36,19 @@ fn on_alloc() {
         return;
     }
     // Allocations made while recording a backtrace are the test's own, not counted.
-    let Ok(inside) = IN_HOOK.try_with(|f| f.replace(true)) else { return };
+    let Ok(inside) = IN_HOOK.try_with(|f| f.replace(true)) else {
+        return;
+    };
     if inside {
         return;
     }
     ALLOCS.fetch_add(1, Ordering::Relaxed);
     if TRACES_TAKEN.fetch_add(1, Ordering::Relaxed) < MAX_TRACES as u64 {
         let bt = Backtrace::force_capture();
-        let name = std::thread::current().name().unwrap_or("<unnamed>").to_string();
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("<unnamed>")
+            .to_string();
         if let Ok(mut v) = TRACES.lock() {
             v.push((name, bt));
         }
@@ -81,6 +86,7 @@ fn hot_reads_allocate_nothing() {
     let data = pattern(31, len);
     write_file(&dirs.src.join("hot.bin"), &data);
     let _guard = UnmountOnDrop(dirs.mnt.clone());
+    let _watchdog = Watchdog::arm(&dirs.mnt, Watchdog::default_limit(), None);
     let mut cfg = MountConfig::new(&dirs.src, &dirs.mnt, 16 * MIB);
     cfg.chunk_bytes = CHUNK;
     cfg.cache_mode = CacheMode::Direct;
@@ -142,7 +148,10 @@ fn hot_reads_allocate_nothing() {
         let n = pread_full(&f, &mut buf[..l], off).unwrap();
         check(&buf, off, n, &format!("hot read at {off}"));
     }
-    assert_eq!(short, 0, "{short} hot reads returned an error or a short count");
+    assert_eq!(
+        short, 0,
+        "{short} hot reads returned an error or a short count"
+    );
     let reads = (ROUNDS * ranges.len()) as u64;
     eprintln!("{reads} hot reads: {allocs} allocations; stats before {before:?}\nafter {after:?}");
     assert!(
@@ -153,9 +162,15 @@ fn hot_reads_allocate_nothing() {
     assert_eq!(after.misses, before.misses, "hot reads missed the arena");
     if allocs != 0 {
         let traces = TRACES.lock().unwrap();
-        let mut msg = format!("{allocs} heap allocations during {reads} hot reads; the first {}:\n", traces.len());
+        let mut msg = format!(
+            "{allocs} heap allocations during {reads} hot reads; the first {}:\n",
+            traces.len()
+        );
         for (i, (thread, bt)) in traces.iter().enumerate() {
-            msg.push_str(&format!("--- allocation {} on thread '{thread}':\n{bt}\n", i + 1));
+            msg.push_str(&format!(
+                "--- allocation {} on thread '{thread}':\n{bt}\n",
+                i + 1
+            ));
         }
         panic!("{msg}");
     }

@@ -28,7 +28,9 @@ fn read_sequential(path: &Path, bufsize: usize) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; bufsize];
     loop {
-        let n = f.read(&mut buf).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let n = f
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         if n == 0 {
             break;
         }
@@ -69,7 +71,13 @@ fn check_boundary_files(mode: Option<&str>) {
         let mut k = 0;
         while k * CHUNK <= *n as u64 + CHUNK {
             let b = k * CHUNK;
-            for (back, len) in [(1u64, 2usize), (100, 200), (4096, 8192), (0, CHUNK as usize), (1, CHUNK as usize + 2)] {
+            for (back, len) in [
+                (1u64, 2usize),
+                (100, 200),
+                (4096, 8192),
+                (0, CHUNK as usize),
+                (1, CHUNK as usize + 2),
+            ] {
                 if b >= back {
                     probes.push((b - back, len));
                 }
@@ -86,7 +94,11 @@ fn check_boundary_files(mode: Option<&str>) {
                 .unwrap_or_else(|e| panic!("{name}: pread({off}, {len}): {e}"));
             let s = (off as usize).min(*n);
             let e = (off as usize + len).min(*n);
-            assert_bytes_eq(&buf[..got], &want[s..e], &format!("{name}: pread(off={off}, len={len})"));
+            assert_bytes_eq(
+                &buf[..got],
+                &want[s..e],
+                &format!("{name}: pread(off={off}, len={len})"),
+            );
         }
     }
 }
@@ -124,15 +136,31 @@ fn large_sparse_file_regions_holes_and_tail() {
         (size - 70_000, 70_000),
     ];
     for (i, (off, len)) in regions.iter().enumerate() {
-        f.write_all_at(&pattern(500 + i as u64, *len), *off).unwrap();
+        f.write_all_at(&pattern(500 + i as u64, *len), *off)
+            .unwrap();
     }
     f.sync_all().unwrap();
     drop(f);
     let src = File::open(&path).unwrap();
 
-    let d = Daemon::start(&dirs.src, &dirs.mnt, &["--chunk", "64KiB", "--pool", "32MiB", "--cache-mode", "direct"]);
+    let d = Daemon::start(
+        &dirs.src,
+        &dirs.mnt,
+        &[
+            "--chunk",
+            "64KiB",
+            "--pool",
+            "32MiB",
+            "--cache-mode",
+            "direct",
+        ],
+    );
     let mp = dirs.mnt.join("sparse.bin");
-    assert_eq!(fs::metadata(&mp).unwrap().len(), size, "st_size of the sparse file");
+    assert_eq!(
+        fs::metadata(&mp).unwrap().len(),
+        size,
+        "st_size of the sparse file"
+    );
     let m = File::open(&mp).unwrap();
 
     let mut probes: Vec<(u64, usize)> = Vec::new();
@@ -141,7 +169,14 @@ fn large_sparse_file_regions_holes_and_tail() {
         probes.push((off.saturating_sub(3000), len + 6000));
         probes.push((*off, *len));
     }
-    for hole in [200_000u64, GIB / 2, 3 * GIB / 2 + 5, 3 * GIB, 4 * GIB + 100_000, 5 * GIB - 1_000_000] {
+    for hole in [
+        200_000u64,
+        GIB / 2,
+        3 * GIB / 2 + 5,
+        3 * GIB,
+        4 * GIB + 100_000,
+        5 * GIB - 1_000_000,
+    ] {
         probes.push((hole, 128 * 1024));
     }
     probes.push((size - 1, 1));
@@ -154,10 +189,15 @@ fn large_sparse_file_regions_holes_and_tail() {
         let wn = pread_full(&src, &mut want, off).unwrap();
         want.truncate(wn);
         let mut got = vec![0u8; len];
-        let gn = pread_full(&m, &mut got, off)
-            .unwrap_or_else(|e| panic!("pread(sparse.bin, off={off}, len={len}) through the mount: {e}"));
+        let gn = pread_full(&m, &mut got, off).unwrap_or_else(|e| {
+            panic!("pread(sparse.bin, off={off}, len={len}) through the mount: {e}")
+        });
         got.truncate(gn);
-        assert_bytes_eq(&got, &want, &format!("sparse.bin pread(off={off}, len={len})"));
+        assert_bytes_eq(
+            &got,
+            &want,
+            &format!("sparse.bin pread(off={off}, len={len})"),
+        );
     }
     drop(m);
     drop(d);
@@ -178,7 +218,14 @@ fn check_mmap(mode: Option<&str>) {
     let f = File::open(dirs.mnt.join("model.gguf")).unwrap();
     use std::os::fd::AsRawFd;
     let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
     };
     assert_ne!(
         p,
@@ -191,7 +238,10 @@ fn check_mmap(mode: Option<&str>) {
     let mut pg = (size - 1) / 4096;
     loop {
         let off = pg * 4096;
-        assert_eq!(map[off], want[off], "mmap byte at {off} (cache mode {mode:?})");
+        assert_eq!(
+            map[off], want[off],
+            "mmap byte at {off} (cache mode {mode:?})"
+        );
         if pg == 0 {
             break;
         }
@@ -225,11 +275,12 @@ fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-/// Sleep until just after the next full second, so a write and a rewrite land in the same one.
+/// Sleep until 150 ms into the next full second, so a write and a rewrite land in the same one
+/// (file timestamps are coarse and lag the clock by a few ms, hence not right at the boundary).
 fn align_to_second_start() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     let into = now.subsec_nanos() as u64;
-    std::thread::sleep(Duration::from_nanos(1_000_000_000 - into + 5_000_000));
+    std::thread::sleep(Duration::from_nanos(1_000_000_000 - into + 150_000_000));
 }
 
 fn rewrite_in_place(p: &Path, data: &[u8]) {
@@ -247,7 +298,11 @@ fn check_no_stale_bytes(mode: &str) {
     let src = dirs.src.join("w.bin");
     let mnt = dirs.mnt.join("w.bin");
     write_file(&src, &a);
-    let _d = Daemon::start(&dirs.src, &dirs.mnt, &["--chunk", "64KiB", "--pool", "16M", "--cache-mode", mode]);
+    let _d = Daemon::start(
+        &dirs.src,
+        &dirs.mnt,
+        &["--chunk", "64KiB", "--pool", "16M", "--cache-mode", mode],
+    );
 
     // 1. same size, in place, within the same second as the previous write
     let mut attempts = 0;
@@ -260,13 +315,20 @@ fn check_no_stale_bytes(mode: &str) {
         assert_bytes_eq(&got, &a, &format!("[{mode}] w.bin before the rewrite"));
         // read it a second time so it is certainly cached (arena and, in keep mode, page cache)
         let got = fs::read(&mnt).unwrap();
-        assert_bytes_eq(&got, &a, &format!("[{mode}] w.bin before the rewrite (2nd read)"));
+        assert_bytes_eq(
+            &got,
+            &a,
+            &format!("[{mode}] w.bin before the rewrite (2nd read)"),
+        );
         rewrite_in_place(&src, &b);
         let t1 = mtime(&src);
         if secs(t0) == secs(t1) {
             break;
         }
-        assert!(attempts < 5, "could not rewrite within the same second in 5 attempts");
+        assert!(
+            attempts < 5,
+            "could not rewrite within the same second in 5 attempts"
+        );
         rewrite_in_place(&src, &a);
     }
     assert_eq!(fs::metadata(&src).unwrap().len(), len as u64);
@@ -274,14 +336,34 @@ fn check_no_stale_bytes(mode: &str) {
     assert_bytes_eq(
         &got,
         &b,
-        &format!("[{mode}] open+read after an in-place same-size rewrite within the same second (stale bytes?)"),
+        &format!(
+            "[{mode}] open+read after an in-place same-size rewrite within the same second (stale bytes?)"
+        ),
     );
     // and by pread on a fresh fd, at a chunk boundary
     let f = File::open(&mnt).unwrap();
     let mut buf = vec![0u8; 4096];
     let n = pread_full(&f, &mut buf, CHUNK - 2048).unwrap();
-    assert_bytes_eq(&buf[..n], &b[CHUNK as usize - 2048..CHUNK as usize + 2048], &format!("[{mode}] pread after rewrite"));
+    assert_bytes_eq(
+        &buf[..n],
+        &b[CHUNK as usize - 2048..CHUNK as usize + 2048],
+        &format!("[{mode}] pread after rewrite"),
+    );
     drop(f);
+
+    // 1b. many quick rewrites in place, each followed at once by open+read (same size; the
+    // invalidation of the old bytes races with the new read)
+    for i in 0..40u64 {
+        let next = pattern(1000 + i, len);
+        rewrite_in_place(&src, &next);
+        let got = fs::read(&mnt).unwrap();
+        assert_bytes_eq(
+            &got,
+            &next,
+            &format!("[{mode}] open+read right after quick in-place rewrite #{i}"),
+        );
+    }
+    rewrite_in_place(&src, &b);
 
     // 2. replaced by rename (same size, a new inode)
     let got = fs::read(&mnt).unwrap();
@@ -290,14 +372,22 @@ fn check_no_stale_bytes(mode: &str) {
     write_file(&tmp, &c);
     fs::rename(&tmp, &src).unwrap();
     let got = fs::read(&mnt).unwrap();
-    assert_bytes_eq(&got, &c, &format!("[{mode}] open+read after replacing the file by rename (stale bytes?)"));
+    assert_bytes_eq(
+        &got,
+        &c,
+        &format!("[{mode}] open+read after replacing the file by rename (stale bytes?)"),
+    );
 
     // 3. replaced by rename with a different size
     let d2 = pattern(4, len + 70_000);
     write_file(&tmp, &d2);
     fs::rename(&tmp, &src).unwrap();
     let got = fs::read(&mnt).unwrap();
-    assert_bytes_eq(&got, &d2, &format!("[{mode}] open+read after rename to a larger file"));
+    assert_bytes_eq(
+        &got,
+        &d2,
+        &format!("[{mode}] open+read after rename to a larger file"),
+    );
 }
 
 #[test]

@@ -28,7 +28,12 @@ fn random_reads_from_8_threads_under_eviction() {
     const READS_PER_THREAD: usize = 12_500;
     let dirs = Dirs::new();
     // four files, ~64 MiB in all, unaligned sizes
-    let sizes = [16 * MIB as usize + 1234, 16 * MIB as usize - 777, 24 * MIB as usize + 65_536, 8 * MIB as usize + 1];
+    let sizes = [
+        16 * MIB as usize + 1234,
+        16 * MIB as usize - 777,
+        24 * MIB as usize + 65_536,
+        8 * MIB as usize + 1,
+    ];
     let total: usize = sizes.iter().sum();
     let data: Arc<Vec<Vec<u8>>> = Arc::new(
         sizes
@@ -43,11 +48,12 @@ fn random_reads_from_8_threads_under_eviction() {
     );
     let pool = (total as u64 / 8) & !(64 * KIB - 1);
     let _guard = UnmountOnDrop(dirs.mnt.clone());
+    let _watchdog = Watchdog::arm(&dirs.mnt, Watchdog::default_limit(), None);
     let m = Mounted::spawn(config(&dirs.src, &dirs.mnt, pool, 64 * KIB)).expect("Mounted::spawn");
     let s0 = m.stats();
     assert_eq!(s0.pool_bytes, pool, "stats().pool_bytes");
 
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let reaching_daemon = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let handles: Vec<_> = (0..THREADS)
@@ -56,12 +62,16 @@ fn random_reads_from_8_threads_under_eviction() {
             let mnt = dirs.mnt.clone();
             let reaching_daemon = reaching_daemon.clone();
             std::thread::spawn(move || -> Result<usize, String> {
-                let files: Vec<File> = (0..data.len()).map(|i| File::open(mnt.join(format!("d{i}.bin"))).unwrap()).collect();
+                let files: Vec<File> = (0..data.len())
+                    .map(|i| File::open(mnt.join(format!("d{i}.bin"))).unwrap())
+                    .collect();
                 let mut rng = Rng::new(t as u64 * 7919 + 1);
                 let mut buf = vec![0u8; 512 * 1024];
                 for r in 0..READS_PER_THREAD {
                     if r % 256 == 0 && Instant::now() > deadline {
-                        return Err(format!("thread {t}: only {r} reads done before the deadline"));
+                        return Err(format!(
+                            "thread {t}: only {r} reads done before the deadline"
+                        ));
                     }
                     let fi = rng.below(data.len() as u64) as usize;
                     let want_all = &data[fi];
@@ -71,15 +81,19 @@ fn random_reads_from_8_threads_under_eviction() {
                         _ => 1 + rng.below(512 * 1024),
                     } as usize;
                     let off = match rng.below(50) {
-                        0 => want_all.len() as u64 - rng.below(len as u64 + 1).min(want_all.len() as u64), // near EOF
+                        0 => {
+                            want_all.len() as u64
+                                - rng.below(len as u64 + 1).min(want_all.len() as u64)
+                        } // near EOF
                         1 => rng.below(want_all.len() as u64 / (64 * KIB)) * 64 * KIB, // chunk aligned
                         _ => rng.below(want_all.len() as u64),
                     };
                     if off < want_all.len() as u64 {
                         reaching_daemon.fetch_add(1, Ordering::Relaxed);
                     }
-                    let got = pread_full(&files[fi], &mut buf[..len], off)
-                        .map_err(|e| format!("thread {t}: pread(d{fi}.bin, off={off}, len={len}): {e}"))?;
+                    let got = pread_full(&files[fi], &mut buf[..len], off).map_err(|e| {
+                        format!("thread {t}: pread(d{fi}.bin, off={off}, len={len}): {e}")
+                    })?;
                     let s = (off as usize).min(want_all.len());
                     let e = (off as usize + len).min(want_all.len());
                     if buf[..got] != want_all[s..e] {
@@ -104,9 +118,17 @@ fn random_reads_from_8_threads_under_eviction() {
     let elapsed = t0.elapsed();
     let s = m.stats();
     eprintln!("{done} random reads from {THREADS} threads in {elapsed:?}; stats: {s:?}");
-    assert!(errors.is_empty(), "{} reader thread(s) failed:\n{}", errors.len(), errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "{} reader thread(s) failed:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
     assert!(done >= 100_000);
-    assert!(s.evictions > 0, "no evictions with a pool of 1/8 of the data: {s:?}");
+    assert!(
+        s.evictions > 0,
+        "no evictions with a pool of 1/8 of the data: {s:?}"
+    );
     assert_eq!(s.fill_errors, 0, "fill errors: {s:?}");
     assert!(s.pool_used_bytes <= s.pool_bytes, "pool over budget: {s:?}");
     assert!(s.misses > 0 && s.hits > 0, "{s:?}");
@@ -129,7 +151,9 @@ fn hardlinks_share_one_cache_entry() {
     write_file(&dirs.src.join("a.bin"), &data);
     fs::hard_link(dirs.src.join("a.bin"), dirs.src.join("b.bin")).unwrap();
     let _guard = UnmountOnDrop(dirs.mnt.clone());
-    let m = Mounted::spawn(config(&dirs.src, &dirs.mnt, 64 * MIB, 64 * KIB)).expect("Mounted::spawn");
+    let _watchdog = Watchdog::arm(&dirs.mnt, Watchdog::default_limit(), None);
+    let m =
+        Mounted::spawn(config(&dirs.src, &dirs.mnt, 64 * MIB, 64 * KIB)).expect("Mounted::spawn");
     let a = fs::metadata(dirs.mnt.join("a.bin")).unwrap();
     let b = fs::metadata(dirs.mnt.join("b.bin")).unwrap();
     assert_eq!(a.ino(), b.ino(), "hardlinks: st_ino through the mount");
@@ -158,10 +182,16 @@ fn hardlinks_share_one_cache_entry() {
     assert_bytes_eq(&read_all("b.bin"), &data, "b.bin");
     let s2 = m.stats();
     eprintln!("after a.bin: {s1:?}\nafter b.bin: {s2:?}");
-    assert_eq!(s2.fills, s1.fills, "reading the hardlink b.bin filled again (separate cache entries?)");
+    assert_eq!(
+        s2.fills, s1.fills,
+        "reading the hardlink b.bin filled again (separate cache entries?)"
+    );
     assert_eq!(s2.misses, s1.misses, "reading the hardlink b.bin missed");
     assert!(s2.hits > s1.hits, "reading b.bin produced no hits");
-    assert_eq!(s2.pool_used_bytes, s1.pool_used_bytes, "pool usage grew while reading the hardlink");
+    assert_eq!(
+        s2.pool_used_bytes, s1.pool_used_bytes,
+        "pool usage grew while reading the hardlink"
+    );
     m.unmount().expect("unmount");
 }
 
@@ -173,8 +203,10 @@ fn spawn_then_unmount_and_drop() {
     let data = pattern(5, 100_000);
     write_file(&dirs.src.join("x.bin"), &data);
     let _guard = UnmountOnDrop(dirs.mnt.clone());
+    let _watchdog = Watchdog::arm(&dirs.mnt, Watchdog::default_limit(), None);
 
-    let m = Mounted::spawn(config(&dirs.src, &dirs.mnt, 16 * MIB, 64 * KIB)).expect("Mounted::spawn");
+    let m =
+        Mounted::spawn(config(&dirs.src, &dirs.mnt, 16 * MIB, 64 * KIB)).expect("Mounted::spawn");
     let e = mounts_at(&dirs.mnt);
     assert_eq!(e.len(), 1, "{e:?}");
     assert_eq!(e[0].fstype, "fuse.nitro-uring");
@@ -183,13 +215,24 @@ fn spawn_then_unmount_and_drop() {
     m.unmount().expect("unmount");
     assert!(!is_mounted(&dirs.mnt), "still mounted after unmount()");
 
-    let m = Mounted::spawn(config(&dirs.src, &dirs.mnt, 16 * MIB, 64 * KIB)).expect("Mounted::spawn again");
-    assert_bytes_eq(&fs::read(dirs.mnt.join("x.bin")).unwrap(), &data, "x.bin (2nd mount)");
+    let m = Mounted::spawn(config(&dirs.src, &dirs.mnt, 16 * MIB, 64 * KIB))
+        .expect("Mounted::spawn again");
+    assert_bytes_eq(
+        &fs::read(dirs.mnt.join("x.bin")).unwrap(),
+        &data,
+        "x.bin (2nd mount)",
+    );
     drop(m);
-    assert!(!is_mounted(&dirs.mnt), "still mounted after dropping Mounted");
+    assert!(
+        !is_mounted(&dirs.mnt),
+        "still mounted after dropping Mounted"
+    );
 
     // an invalid config is refused and leaves nothing mounted
     let bad = config(&dirs.src, &dirs.mnt, 32 * KIB, 64 * KIB);
-    assert!(Mounted::spawn(bad).is_err(), "spawn with pool < chunk should fail");
+    assert!(
+        Mounted::spawn(bad).is_err(),
+        "spawn with pool < chunk should fail"
+    );
     assert!(!is_mounted(&dirs.mnt));
 }

@@ -24,7 +24,8 @@ fn populate(src: &Path) -> Vec<u8> {
 
 #[track_caller]
 fn assert_serves(mnt: &Path, want: &[u8]) {
-    let got = fs::read(mnt.join("data.bin")).unwrap_or_else(|e| panic!("read data.bin through the mount: {e}"));
+    let got = fs::read(mnt.join("data.bin"))
+        .unwrap_or_else(|e| panic!("read data.bin through the mount: {e}"));
     assert_bytes_eq(&got, want, "data.bin through the mount");
 }
 
@@ -32,9 +33,17 @@ fn assert_serves(mnt: &Path, want: &[u8]) {
 fn assert_clean_exit(d: &mut Daemon, how: &str) {
     let st = d.finish(EXIT_TIMEOUT);
     let Some(st) = st else {
-        panic!("{how}: the daemon did not exit within {EXIT_TIMEOUT:?}; stderr:\n{}", d.stderr())
+        panic!(
+            "{how}: the daemon did not exit within {EXIT_TIMEOUT:?}; stderr:\n{}",
+            d.stderr()
+        )
     };
-    assert_eq!(st.code(), Some(0), "{how}: daemon exit status {st}; stderr:\n{}", d.stderr());
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "{how}: daemon exit status {st}; stderr:\n{}",
+        d.stderr()
+    );
     assert!(
         wait_unmounted(&d.mountpoint, Duration::from_secs(2)),
         "{how}: the mountpoint is still in mountinfo after the daemon exited: {:?}",
@@ -75,7 +84,10 @@ fn umount_subcommand_makes_the_daemon_exit_0() {
     let data = populate(&dirs.src);
     let mut d = Daemon::start(&dirs.src, &dirs.mnt, &["--chunk", "64KiB", "--pool", "16M"]);
     assert_serves(&dirs.mnt, &data);
-    let out = run_cli(&[OsStr::new("umount"), dirs.mnt.as_os_str()], Duration::from_secs(20));
+    let out = run_cli(
+        &[OsStr::new("umount"), dirs.mnt.as_os_str()],
+        Duration::from_secs(20),
+    );
     assert!(
         out.status.success(),
         "`nitro-uring umount MP` exited with {}; stderr:\n{}",
@@ -100,7 +112,13 @@ fn umount_syscall_from_outside_makes_the_daemon_exit_0() {
 /// Accepted spellings of SIZE mount and serve.
 #[test]
 fn size_syntax_variants_are_accepted() {
-    for (pool, chunk) in [("96M", "64KiB"), ("0.125", "64KiB"), ("0.25GiB", "128KiB"), ("131072KiB", "1MiB"), ("64MiB", "1M")] {
+    for (pool, chunk) in [
+        ("96M", "64KiB"),
+        ("0.125", "64KiB"),
+        ("0.25GiB", "128KiB"),
+        ("131072KiB", "1MiB"),
+        ("64MiB", "1M"),
+    ] {
         let dirs = Dirs::new();
         let data = populate(&dirs.src);
         let d = Daemon::try_start(&dirs.src, &dirs.mnt, &["--pool", pool, "--chunk", chunk])
@@ -128,12 +146,20 @@ fn expect_refusal(what: &str, src: &Path, mnt: &Path, args: &[&str], mentions: &
         "{what}: expected a non-zero exit, got {}; stderr:\n{stderr}",
         out.status
     );
-    assert!(leftover.is_empty(), "{what}: something is mounted at the mountpoint afterwards: {leftover:?}");
+    assert!(
+        leftover.is_empty(),
+        "{what}: something is mounted at the mountpoint afterwards: {leftover:?}"
+    );
     let ours: Vec<MountEntry> = mountinfo()
         .into_iter()
-        .filter(|e| e.fstype == "fuse.nitro-uring" && e.source == format!("nitro-uring:{}", src.display()))
+        .filter(|e| {
+            e.fstype == "fuse.nitro-uring" && e.source == format!("nitro-uring:{}", src.display())
+        })
         .collect();
-    assert!(ours.is_empty(), "{what}: a nitro-uring mount of this source is left: {ours:?}");
+    assert!(
+        ours.is_empty(),
+        "{what}: a nitro-uring mount of this source is left: {ours:?}"
+    );
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(
         lines.len(),
@@ -175,7 +201,10 @@ fn refuses_unreadable_source() {
     let dirs = Dirs::new();
     let faulty = faulty_fs::FaultyMount::mount(&dirs.src);
     let src = dirs.src.join("locked");
-    assert!(fs::read_dir(&src).is_err(), "test setup: locked/ should be unreadable");
+    assert!(
+        fs::read_dir(&src).is_err(),
+        "test setup: locked/ should be unreadable"
+    );
     expect_refusal("unreadable SOURCE", &src, &dirs.mnt, &[], &[&s(&src)]);
     drop(faulty);
 }
@@ -202,14 +231,26 @@ fn refuses_mountpoint_that_is_not_empty() {
     let dirs = Dirs::new();
     populate(&dirs.src);
     write_file(&dirs.mnt.join("occupant"), b"x");
-    expect_refusal("MOUNTPOINT not empty", &dirs.src, &dirs.mnt, &[], &[&s(&dirs.mnt), "empty"]);
+    expect_refusal(
+        "MOUNTPOINT not empty",
+        &dirs.src,
+        &dirs.mnt,
+        &[],
+        &[&s(&dirs.mnt), "empty"],
+    );
     assert!(dirs.mnt.join("occupant").exists());
 }
 
 #[test]
 fn refuses_source_equal_to_mountpoint() {
     let dirs = Dirs::new();
-    expect_refusal("SOURCE == MOUNTPOINT", &dirs.mnt, &dirs.mnt, &[], &[&s(&dirs.mnt), "same"]);
+    expect_refusal(
+        "SOURCE == MOUNTPOINT",
+        &dirs.mnt,
+        &dirs.mnt,
+        &[],
+        &[&s(&dirs.mnt), "same"],
+    );
 }
 
 #[test]
@@ -218,7 +259,13 @@ fn refuses_mountpoint_inside_source() {
     populate(&dirs.src);
     let inner = dirs.src.join("inner");
     fs::create_dir(&inner).unwrap();
-    expect_refusal("MOUNTPOINT inside SOURCE", &dirs.src, &inner, &[], &[&s(&dirs.src), &s(&inner)]);
+    expect_refusal(
+        "MOUNTPOINT inside SOURCE",
+        &dirs.src,
+        &inner,
+        &[],
+        &[&s(&dirs.src), &s(&inner)],
+    );
 }
 
 #[test]
@@ -229,35 +276,65 @@ fn refuses_source_inside_mountpoint() {
     let inner = dirs.mnt.join("inner");
     fs::create_dir(&inner).unwrap();
     populate(&inner);
-    expect_refusal("SOURCE inside MOUNTPOINT", &inner, &dirs.mnt, &[], &[&s(&dirs.mnt), &s(&inner)]);
+    expect_refusal(
+        "SOURCE inside MOUNTPOINT",
+        &inner,
+        &dirs.mnt,
+        &[],
+        &[&s(&dirs.mnt), &s(&inner)],
+    );
 }
 
 #[test]
 fn refuses_unparsable_pool() {
     let dirs = Dirs::new();
     populate(&dirs.src);
-    expect_refusal("--pool banana", &dirs.src, &dirs.mnt, &["--pool", "banana"], &["pool", "banana"]);
+    expect_refusal(
+        "--pool banana",
+        &dirs.src,
+        &dirs.mnt,
+        &["--pool", "banana"],
+        &["pool", "banana"],
+    );
 }
 
 #[test]
 fn refuses_pool_smaller_than_a_chunk() {
     let dirs = Dirs::new();
     populate(&dirs.src);
-    expect_refusal("--pool 512KiB --chunk 1MiB", &dirs.src, &dirs.mnt, &["--pool", "512KiB", "--chunk", "1MiB"], &["pool"]);
+    expect_refusal(
+        "--pool 512KiB --chunk 1MiB",
+        &dirs.src,
+        &dirs.mnt,
+        &["--pool", "512KiB", "--chunk", "1MiB"],
+        &["pool"],
+    );
 }
 
 #[test]
 fn refuses_pool_larger_than_memory() {
     let dirs = Dirs::new();
     populate(&dirs.src);
-    expect_refusal("--pool 100000G", &dirs.src, &dirs.mnt, &["--pool", "100000G"], &["pool", "memory"]);
+    expect_refusal(
+        "--pool 100000G",
+        &dirs.src,
+        &dirs.mnt,
+        &["--pool", "100000G"],
+        &["pool", "memory"],
+    );
 }
 
 #[test]
 fn refuses_unknown_flag() {
     let dirs = Dirs::new();
     populate(&dirs.src);
-    expect_refusal("unknown flag --bogus", &dirs.src, &dirs.mnt, &["--bogus"], &["--bogus"]);
+    expect_refusal(
+        "unknown flag --bogus",
+        &dirs.src,
+        &dirs.mnt,
+        &["--bogus"],
+        &["--bogus"],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,11 +348,19 @@ fn stale_mount_after_kill_9_is_recovered() {
     assert_serves(&dirs.mnt, &data);
     let stale_id = a.mount.as_ref().unwrap().id;
     a.signal(libc::SIGKILL);
-    assert!(a.wait_exit(EXIT_TIMEOUT).is_some(), "SIGKILLed daemon did not die");
+    assert!(
+        a.wait_exit(EXIT_TIMEOUT).is_some(),
+        "SIGKILLed daemon did not die"
+    );
     // precondition: the mount is left behind, disconnected
     // (stat may still be answered from the kernel's attribute cache; opendir needs the daemon)
-    let e = fs::read_dir(&dirs.mnt).expect_err("opendir of the mountpoint after kill -9 should fail");
-    assert_eq!(errno(&e), libc::ENOTCONN, "opendir of the mountpoint after kill -9: {e}");
+    let e =
+        fs::read_dir(&dirs.mnt).expect_err("opendir of the mountpoint after kill -9 should fail");
+    assert_eq!(
+        errno(&e),
+        libc::ENOTCONN,
+        "opendir of the mountpoint after kill -9: {e}"
+    );
     assert!(mounts_at(&dirs.mnt).iter().any(|m| m.id == stale_id));
     // `a` stays alive (as an object) until the end so its drop does not clean the stale mount up
 
@@ -283,12 +368,21 @@ fn stale_mount_after_kill_9_is_recovered() {
         .unwrap_or_else(|e| panic!("mount over a stale mount: {e}"));
     assert_serves(&dirs.mnt, &data);
     // exactly one mount there now (mount ids are reused, so the stale one is told apart by count)
-    assert_eq!(mounts_at(&dirs.mnt).len(), 1, "mounts at the mountpoint after recovery: {:?}", mounts_at(&dirs.mnt));
+    assert_eq!(
+        mounts_at(&dirs.mnt).len(),
+        1,
+        "mounts at the mountpoint after recovery: {:?}",
+        mounts_at(&dirs.mnt)
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while !b.stderr().to_lowercase().contains("stale") && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(b.stderr().to_lowercase().contains("stale"), "no message about the stale mount on stderr:\n{}", b.stderr());
+    assert!(
+        b.stderr().to_lowercase().contains("stale"),
+        "no message about the stale mount on stderr:\n{}",
+        b.stderr()
+    );
     // the recovered mount is a normal one: it unmounts cleanly
     let mut b = b;
     b.signal(libc::SIGTERM);

@@ -17,11 +17,30 @@ use common::*;
 fn set_mtime(p: &Path, sec: i64, nsec: i64) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     let ts = [
-        libc::timespec { tv_sec: sec, tv_nsec: nsec },
-        libc::timespec { tv_sec: sec, tv_nsec: nsec },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
     ];
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
-    assert_eq!(rc, 0, "utimensat {}: {}", p.display(), io::Error::last_os_error());
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "utimensat {}: {}",
+        p.display(),
+        io::Error::last_os_error()
+    );
 }
 
 fn cpath(p: &Path) -> CString {
@@ -71,7 +90,12 @@ fn build_tree(src: &Path) {
             0,
         )
     };
-    assert_eq!(rc, 0, "setxattr on the source: {}", io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setxattr on the source: {}",
+        io::Error::last_os_error()
+    );
 }
 
 /// Every path under `root`, relative, depth first (without following symlinks).
@@ -127,7 +151,10 @@ fn stat_readdir_symlinks_hardlinks_match_source() {
     assert_eq!(e[0].source, format!("nitro-uring:{}", dirs.src.display()));
 
     // the root directory: mode/nlink/size as the source's
-    let (rs, rm) = (fs::metadata(&dirs.src).unwrap(), fs::metadata(&dirs.mnt).unwrap());
+    let (rs, rm) = (
+        fs::metadata(&dirs.src).unwrap(),
+        fs::metadata(&dirs.mnt).unwrap(),
+    );
     assert_eq!(rm.mode(), rs.mode(), "root dir st_mode");
     assert_eq!(rm.nlink(), rs.nlink(), "root dir st_nlink");
 
@@ -141,7 +168,13 @@ fn stat_readdir_symlinks_hardlinks_match_source() {
         let m = fs::symlink_metadata(&mp).unwrap_or_else(|e| panic!("lstat {}: {e}", mp.display()));
         let what = rel.display();
         assert_eq!(m.file_type(), s.file_type(), "{what}: file type");
-        assert_eq!(m.mode(), s.mode(), "{what}: st_mode {:o} vs source {:o}", m.mode(), s.mode());
+        assert_eq!(
+            m.mode(),
+            s.mode(),
+            "{what}: st_mode {:o} vs source {:o}",
+            m.mode(),
+            s.mode()
+        );
         assert_eq!(m.len(), s.len(), "{what}: st_size");
         assert_eq!(m.nlink(), s.nlink(), "{what}: st_nlink");
         assert_eq!(m.uid(), s.uid(), "{what}: st_uid");
@@ -159,11 +192,19 @@ fn stat_readdir_symlinks_hardlinks_match_source() {
             );
         }
         if s.file_type().is_dir() {
-            assert_eq!(listing(&mp), listing(&dirs.src.join(rel)), "{what}/: readdir names and types");
+            assert_eq!(
+                listing(&mp),
+                listing(&dirs.src.join(rel)),
+                "{what}/: readdir names and types"
+            );
         }
         if s.file_type().is_file() {
             let got = fs::read(&mp).unwrap_or_else(|e| panic!("read {}: {e}", mp.display()));
-            assert_bytes_eq(&got, &fs::read(dirs.src.join(rel)).unwrap(), &format!("{what}: contents"));
+            assert_bytes_eq(
+                &got,
+                &fs::read(dirs.src.join(rel)).unwrap(),
+                &format!("{what}: contents"),
+            );
         }
         // inode numbers: one per source (st_dev, st_ino), and the same for every name of it
         let sid = (s.dev(), s.ino());
@@ -189,16 +230,31 @@ fn stat_readdir_symlinks_hardlinks_match_source() {
             mnt_ino_to_src_id.insert(m.ino(), (sid, rel.clone()));
         }
     }
-    assert_eq!(listing(&dirs.mnt), listing(&dirs.src), "root readdir names and types");
+    assert_eq!(
+        listing(&dirs.mnt),
+        listing(&dirs.src),
+        "root readdir names and types"
+    );
 
     // hardlinks, explicitly
     let a = fs::metadata(dirs.mnt.join("hard_a")).unwrap();
     let b = fs::metadata(dirs.mnt.join("hard_b")).unwrap();
     let c = fs::metadata(dirs.mnt.join("sub/hard_c")).unwrap();
-    assert_eq!(a.ino(), b.ino(), "hardlinks hard_a/hard_b: st_ino through the mount");
-    assert_eq!(a.ino(), c.ino(), "hardlinks hard_a/sub/hard_c: st_ino through the mount");
+    assert_eq!(
+        a.ino(),
+        b.ino(),
+        "hardlinks hard_a/hard_b: st_ino through the mount"
+    );
+    assert_eq!(
+        a.ino(),
+        c.ino(),
+        "hardlinks hard_a/sub/hard_c: st_ino through the mount"
+    );
     assert_eq!(a.nlink(), 3);
-    assert_ne!(a.ino(), fs::metadata(dirs.mnt.join("file_644")).unwrap().ino());
+    assert_ne!(
+        a.ino(),
+        fs::metadata(dirs.mnt.join("file_644")).unwrap().ino()
+    );
 
     // symlinks resolve inside the mirror
     assert_bytes_eq(
@@ -212,15 +268,28 @@ fn stat_readdir_symlinks_hardlinks_match_source() {
         "reading through link_dir/",
     );
     let e = fs::metadata(dirs.mnt.join("link_dangling")).unwrap_err();
-    assert_eq!(errno(&e), libc::ENOENT, "stat through a dangling symlink: {e}");
+    assert_eq!(
+        errno(&e),
+        libc::ENOENT,
+        "stat through a dangling symlink: {e}"
+    );
     let e = fs::symlink_metadata(dirs.mnt.join("no_such_file")).unwrap_err();
     assert_eq!(errno(&e), libc::ENOENT, "lstat of a missing name: {e}");
 
     // inode numbers stay the same after the kernel forgets its inodes
-    let before: Vec<(PathBuf, u64)> =
-        entries.iter().map(|r| (r.clone(), fs::symlink_metadata(dirs.mnt.join(r)).unwrap().ino())).collect();
+    let before: Vec<(PathBuf, u64)> = entries
+        .iter()
+        .map(|r| {
+            (
+                r.clone(),
+                fs::symlink_metadata(dirs.mnt.join(r)).unwrap().ino(),
+            )
+        })
+        .collect();
     if let Err(e) = fs::write("/proc/sys/vm/drop_caches", "2") {
-        eprintln!("note: cannot drop the kernel's dentry/inode caches ({e}); inode stability checked without it");
+        eprintln!(
+            "note: cannot drop the kernel's dentry/inode caches ({e}); inode stability checked without it"
+        );
     }
     for (r, ino) in before {
         assert_eq!(
@@ -234,22 +303,63 @@ fn stat_readdir_symlinks_hardlinks_match_source() {
     // xattrs
     let p = cpath(&dirs.mnt.join("file_644"));
     let mut buf = [0u8; 256];
-    let n = unsafe { libc::lgetxattr(p.as_ptr(), c"user.nitro_test".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "getxattr(user.nitro_test) through the mount: {}", io::Error::last_os_error());
+    let n = unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            c"user.nitro_test".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(
+        n >= 0,
+        "getxattr(user.nitro_test) through the mount: {}",
+        io::Error::last_os_error()
+    );
     assert_eq!(&buf[..n as usize], b"hello xattr", "getxattr value");
     let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0, "listxattr through the mount: {}", io::Error::last_os_error());
-    let names: BTreeSet<&[u8]> = buf[..n as usize].split(|&b| b == 0).filter(|s| !s.is_empty()).collect();
-    assert!(names.contains(&b"user.nitro_test"[..]), "listxattr: {names:?}");
-    let n = unsafe { libc::lgetxattr(p.as_ptr(), c"user.absent".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(
+        n >= 0,
+        "listxattr through the mount: {}",
+        io::Error::last_os_error()
+    );
+    let names: BTreeSet<&[u8]> = buf[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert!(
+        names.contains(&b"user.nitro_test"[..]),
+        "listxattr: {names:?}"
+    );
+    let n = unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            c"user.absent".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     assert_eq!(n, -1);
-    assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::ENODATA), "getxattr of a missing name");
+    assert_eq!(
+        io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENODATA),
+        "getxattr of a missing name"
+    );
 
     // statfs and access(R_OK)
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statvfs(cpath(&dirs.mnt).as_ptr(), &mut st) };
-    assert_eq!(rc, 0, "statvfs on the mount: {}", io::Error::last_os_error());
-    assert_ne!(st.f_flag & libc::ST_RDONLY, 0, "statvfs: the mount should be ST_RDONLY");
+    assert_eq!(
+        rc,
+        0,
+        "statvfs on the mount: {}",
+        io::Error::last_os_error()
+    );
+    assert_ne!(
+        st.f_flag & libc::ST_RDONLY,
+        0,
+        "statvfs: the mount should be ST_RDONLY"
+    );
     let rc = unsafe { libc::access(cpath(&dirs.mnt.join("file_644")).as_ptr(), libc::R_OK) };
     assert_eq!(rc, 0, "access(R_OK): {}", io::Error::last_os_error());
 }
@@ -258,12 +368,21 @@ fn stat_readdir_symlinks_hardlinks_match_source() {
 fn expect_erofs<T: std::fmt::Debug>(what: &str, r: io::Result<T>) {
     match r {
         Ok(v) => panic!("{what}: succeeded ({v:?}) on a read-only mount, expected EROFS"),
-        Err(e) => assert_eq!(errno(&e), libc::EROFS, "{what}: expected EROFS, got {}", errno_name(errno(&e))),
+        Err(e) => assert_eq!(
+            errno(&e),
+            libc::EROFS,
+            "{what}: expected EROFS, got {}",
+            errno_name(errno(&e))
+        ),
     }
 }
 
 fn rc(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 #[test]
@@ -275,17 +394,44 @@ fn every_write_type_op_fails_with_erofs() {
     let _d = Daemon::start(&dirs.src, &dirs.mnt, &["--chunk", "64KiB", "--pool", "16M"]);
     let m = |r: &str| dirs.mnt.join(r);
 
-    expect_erofs("create (O_CREAT|O_EXCL)", OpenOptions::new().write(true).create_new(true).open(m("new_file")));
+    expect_erofs(
+        "create (O_CREAT|O_EXCL)",
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(m("new_file")),
+    );
     expect_erofs("create (O_CREAT, O_RDONLY)", {
         let p = cpath(&m("new_file2"));
         rc(unsafe { libc::open(p.as_ptr(), libc::O_CREAT | libc::O_RDONLY, 0o644) })
     });
-    expect_erofs("open O_WRONLY", OpenOptions::new().write(true).open(m("file_644")));
-    expect_erofs("open O_RDWR", OpenOptions::new().read(true).write(true).open(m("file_644")));
-    expect_erofs("open O_WRONLY|O_TRUNC", OpenOptions::new().write(true).truncate(true).open(m("file_644")));
-    expect_erofs("open O_APPEND", OpenOptions::new().append(true).open(m("file_644")));
+    expect_erofs(
+        "open O_WRONLY",
+        OpenOptions::new().write(true).open(m("file_644")),
+    );
+    expect_erofs(
+        "open O_RDWR",
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m("file_644")),
+    );
+    expect_erofs(
+        "open O_WRONLY|O_TRUNC",
+        OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(m("file_644")),
+    );
+    expect_erofs(
+        "open O_APPEND",
+        OpenOptions::new().append(true).open(m("file_644")),
+    );
     expect_erofs("open O_RDONLY|O_TRUNC", {
-        OpenOptions::new().read(true).custom_flags(libc::O_TRUNC).open(m("file_644"))
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_TRUNC)
+            .open(m("file_644"))
     });
     expect_erofs("mkdir", fs::create_dir(m("new_dir")));
     expect_erofs("mkdir in subdir", fs::create_dir(m("sub/new_dir")));
@@ -293,30 +439,73 @@ fn every_write_type_op_fails_with_erofs() {
     expect_erofs("unlink symlink", fs::remove_file(m("link_rel")));
     expect_erofs("rmdir", fs::remove_dir(m("emptydir")));
     expect_erofs("rename", fs::rename(m("file_644"), m("file_644.renamed")));
-    expect_erofs("rename into subdir", fs::rename(m("file_600"), m("sub/file_600")));
-    expect_erofs("chmod", fs::set_permissions(m("file_644"), fs::Permissions::from_mode(0o600)));
-    expect_erofs("chown", rc(unsafe { libc::chown(cpath(&m("file_644")).as_ptr(), 1, 1) }));
-    expect_erofs("truncate", rc(unsafe { libc::truncate(cpath(&m("file_644")).as_ptr(), 10) }));
+    expect_erofs(
+        "rename into subdir",
+        fs::rename(m("file_600"), m("sub/file_600")),
+    );
+    expect_erofs(
+        "chmod",
+        fs::set_permissions(m("file_644"), fs::Permissions::from_mode(0o600)),
+    );
+    expect_erofs(
+        "chown",
+        rc(unsafe { libc::chown(cpath(&m("file_644")).as_ptr(), 1, 1) }),
+    );
+    expect_erofs(
+        "truncate",
+        rc(unsafe { libc::truncate(cpath(&m("file_644")).as_ptr(), 10) }),
+    );
     expect_erofs("utimensat (setattr of times)", {
-        rc(unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&m("file_644")).as_ptr(), std::ptr::null(), 0) })
+        rc(unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                cpath(&m("file_644")).as_ptr(),
+                std::ptr::null(),
+                0,
+            )
+        })
     });
-    expect_erofs("symlink", std::os::unix::fs::symlink("file_644", m("new_link")));
+    expect_erofs(
+        "symlink",
+        std::os::unix::fs::symlink("file_644", m("new_link")),
+    );
     expect_erofs("link", fs::hard_link(m("file_644"), m("new_hardlink")));
-    expect_erofs("mknod (fifo)", rc(unsafe { libc::mkfifo(cpath(&m("new_fifo")).as_ptr(), 0o644) }));
+    expect_erofs(
+        "mknod (fifo)",
+        rc(unsafe { libc::mkfifo(cpath(&m("new_fifo")).as_ptr(), 0o644) }),
+    );
     expect_erofs("setxattr", {
         rc(unsafe {
-            libc::lsetxattr(cpath(&m("file_644")).as_ptr(), c"user.x".as_ptr(), b"1".as_ptr().cast(), 1, 0)
+            libc::lsetxattr(
+                cpath(&m("file_644")).as_ptr(),
+                c"user.x".as_ptr(),
+                b"1".as_ptr().cast(),
+                1,
+                0,
+            )
         })
     });
     expect_erofs("removexattr", {
-        rc(unsafe { libc::lremovexattr(cpath(&m("file_644")).as_ptr(), c"user.nitro_test".as_ptr()) })
+        rc(unsafe {
+            libc::lremovexattr(cpath(&m("file_644")).as_ptr(), c"user.nitro_test".as_ptr())
+        })
     });
-    expect_erofs("access(W_OK)", rc(unsafe { libc::access(cpath(&m("file_644")).as_ptr(), libc::W_OK) }));
+    expect_erofs(
+        "access(W_OK)",
+        rc(unsafe { libc::access(cpath(&m("file_644")).as_ptr(), libc::W_OK) }),
+    );
 
     // and nothing changed in the source
     assert_eq!(walk(&dirs.src), before, "the source tree changed");
-    assert_eq!(fs::read(dirs.src.join("file_644")).unwrap(), file_before, "file_644 changed in the source");
-    assert_eq!(fs::metadata(dirs.src.join("file_644")).unwrap().mode() & 0o7777, 0o644);
+    assert_eq!(
+        fs::read(dirs.src.join("file_644")).unwrap(),
+        file_before,
+        "file_644 changed in the source"
+    );
+    assert_eq!(
+        fs::metadata(dirs.src.join("file_644")).unwrap().mode() & 0o7777,
+        0o644
+    );
     // and the mount still reads
     assert_eq!(fs::read(m("file_644")).unwrap(), file_before);
     let _ = File::open(m("file_644")).unwrap();

@@ -36,6 +36,8 @@ pub const GIB: u64 = 1024 * 1024 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountEntry {
     pub id: u64,
+    /// st_dev of the mounted filesystem, as (major, minor).
+    pub dev: (u32, u32),
     pub mount_point: PathBuf,
     pub fstype: String,
     pub source: String,
@@ -51,7 +53,9 @@ fn unescape(field: &str) -> OsString {
             && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -66,7 +70,9 @@ pub fn mountinfo() -> Vec<MountEntry> {
     let text = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
     let mut v = Vec::new();
     for line in text.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
         let pre: Vec<&str> = pre.split(' ').collect();
         let post: Vec<&str> = post.split(' ').collect();
         if pre.len() < 5 || post.len() < 2 {
@@ -74,6 +80,10 @@ pub fn mountinfo() -> Vec<MountEntry> {
         }
         v.push(MountEntry {
             id: pre[0].parse().unwrap_or(0),
+            dev: pre[2]
+                .split_once(':')
+                .map(|(a, b)| (a.parse().unwrap_or(0), b.parse().unwrap_or(0)))
+                .unwrap_or((0, 0)),
             mount_point: PathBuf::from(unescape(pre[4])),
             fstype: post[0].to_string(),
             source: unescape(post[1]).to_string_lossy().into_owned(),
@@ -84,7 +94,10 @@ pub fn mountinfo() -> Vec<MountEntry> {
 
 /// All mountinfo entries whose mount point is `mp`.
 pub fn mounts_at(mp: &Path) -> Vec<MountEntry> {
-    mountinfo().into_iter().filter(|e| e.mount_point == mp).collect()
+    mountinfo()
+        .into_iter()
+        .filter(|e| e.mount_point == mp)
+        .collect()
 }
 
 pub fn is_mounted(mp: &Path) -> bool {
@@ -100,10 +113,18 @@ pub fn probe_statfs(mp: &Path, timeout: Duration) -> io::Result<()> {
     thread::spawn(move || {
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-        let _ = tx.send(if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) });
+        let _ = tx.send(if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        });
     });
-    rx.recv_timeout(timeout)
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "statfs on the mount did not return")))
+    rx.recv_timeout(timeout).unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "statfs on the mount did not return",
+        ))
+    })
 }
 
 /// Wait until a live `fuse.nitro-uring` mount is at `mp`: listed in mountinfo, and answering
@@ -112,8 +133,13 @@ pub fn probe_statfs(mp: &Path, timeout: Duration) -> io::Result<()> {
 pub fn wait_for_mount(mp: &Path, timeout: Duration) -> Option<MountEntry> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(e) = mounts_at(mp).into_iter().find(|e| e.fstype == "fuse.nitro-uring") {
-            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        if let Some(e) = mounts_at(mp)
+            .into_iter()
+            .find(|e| e.fstype == "fuse.nitro-uring")
+        {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100));
             if probe_statfs(mp, left).is_ok() {
                 return Some(e);
             }
@@ -142,7 +168,9 @@ pub fn wait_unmounted(mp: &Path, timeout: Duration) -> bool {
 /// `umount2(mp, MNT_DETACH)` until nothing is mounted there (bounded). Errors are ignored: this is
 /// cleanup, and it must work even when the daemon is dead ("Transport endpoint is not connected").
 pub fn force_unmount(mp: &Path) {
-    let Ok(c) = CString::new(mp.as_os_str().as_bytes()) else { return };
+    let Ok(c) = CString::new(mp.as_os_str().as_bytes()) else {
+        return;
+    };
     for _ in 0..8 {
         if !is_mounted(mp) {
             return;
@@ -159,6 +187,80 @@ pub struct UnmountOnDrop(pub PathBuf);
 impl Drop for UnmountOnDrop {
     fn drop(&mut self) {
         force_unmount(&self.0);
+    }
+}
+
+/// Abort a FUSE connection (through fusectl, mounting it if needed): every request in flight
+/// fails with ENOTCONN, which frees anything blocked on the daemon — even a daemon thread stuck
+/// in the kernel.
+pub fn abort_fuse_connection(dev: (u32, u32), what: &Path) {
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    let id = (dev.0 << 20) | dev.1;
+    let abort = ctl.join(id.to_string()).join("abort");
+    if !abort.exists() {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "fusectl"])
+            .arg(ctl)
+            .stderr(Stdio::null())
+            .status();
+    }
+    match fs::write(&abort, "1") {
+        Ok(()) => eprintln!(
+            "test cleanup: aborted FUSE connection {id} ({})",
+            what.display()
+        ),
+        Err(err) => eprintln!("test cleanup: cannot abort {}: {err}", abort.display()),
+    }
+}
+
+/// `abort_fuse_connection` for every mount at `mp`.
+pub fn abort_fuse_connections(mp: &Path) {
+    for e in mounts_at(mp) {
+        abort_fuse_connection(e.dev, mp);
+    }
+}
+
+/// Turns a hang into a failure: if not dropped within `limit`, aborts the FUSE connection of the
+/// mount at the path (so blocked reads fail with ENOTCONN and the test fails instead of hanging
+/// the suite) and SIGKILLs `pid`, if given.
+pub struct Watchdog {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    /// 150 s, or `NITRO_TEST_WATCHDOG_SECS`.
+    pub fn default_limit() -> Duration {
+        let secs = std::env::var("NITRO_TEST_WATCHDOG_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(150);
+        Duration::from_secs(secs)
+    }
+
+    pub fn arm(mp: &Path, limit: Duration, pid: Option<i32>) -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let mp = mp.to_path_buf();
+        thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!(
+                    "watchdog: the test using {} is still running after {limit:?}; aborting its mount",
+                    mp.display()
+                );
+                abort_fuse_connections(&mp);
+                if let Some(pid) = pid {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        });
+        Watchdog { stop: Some(tx) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
     }
 }
 
@@ -190,6 +292,7 @@ pub struct Daemon {
     stdout: Arc<Mutex<Vec<u8>>>,
     readers: Vec<JoinHandle<()>>,
     status: Option<ExitStatus>,
+    _watchdog: Watchdog,
 }
 
 impl Daemon {
@@ -241,7 +344,9 @@ impl Daemon {
     pub fn spawn(source: &Path, mountpoint: &Path, args: &[&str]) -> Daemon {
         let mut cmd = Command::new(bin());
         cmd.arg("mount").arg(source).arg(mountpoint).args(args);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn nitro-uring");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
@@ -249,7 +354,13 @@ impl Daemon {
             collect(child.stderr.take().unwrap(), stderr.clone()),
             collect(child.stdout.take().unwrap(), stdout.clone()),
         ];
+        let _watchdog = Watchdog::arm(
+            mountpoint,
+            Watchdog::default_limit(),
+            Some(child.id() as i32),
+        );
         Daemon {
+            _watchdog,
             child: Some(child),
             mountpoint: mountpoint.to_path_buf(),
             source: source.to_path_buf(),
@@ -276,12 +387,11 @@ impl Daemon {
 
     /// Exit status if the daemon has exited, without blocking.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    self.status = Some(st);
-                }
-            }
+        if self.status.is_none()
+            && let Some(c) = self.child.as_mut()
+            && let Ok(Some(st)) = c.try_wait()
+        {
+            self.status = Some(st);
         }
         self.status
     }
@@ -315,17 +425,32 @@ impl Daemon {
 
     pub fn signal(&self, sig: i32) {
         let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}) failed: {}", self.pid(), io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {sig}) failed: {}",
+            self.pid(),
+            io::Error::last_os_error()
+        );
     }
 
     fn cleanup(&mut self) {
+        // remembered before detaching, in case the connection has to be aborted
+        let entries = mounts_at(&self.mountpoint);
         if self.try_wait().is_none() {
             // Ask nicely first: a lazy unmount makes a healthy daemon exit on its own.
             force_unmount(&self.mountpoint);
             if self.wait_exit(Duration::from_secs(3)).is_none() {
                 if let Some(c) = self.child.as_mut() {
                     let _ = c.kill();
-                    let _ = c.wait();
+                }
+                // A daemon thread stuck in the kernel keeps even a SIGKILLed daemon from dying
+                // until its connection is aborted.
+                if self.wait_exit(Duration::from_secs(3)).is_none() {
+                    for e in &entries {
+                        abort_fuse_connection(e.dev, &self.mountpoint);
+                    }
+                    let _ = self.wait_exit(Duration::from_secs(5));
                 }
             }
         }
@@ -352,7 +477,10 @@ pub struct Dirs {
 
 impl Dirs {
     pub fn new() -> Dirs {
-        let root = tempfile::Builder::new().prefix("nitro-mt-").tempdir().expect("tempdir");
+        let root = tempfile::Builder::new()
+            .prefix("nitro-mt-")
+            .tempdir()
+            .expect("tempdir");
         // canonical, so paths compare equal to what the kernel shows in mountinfo
         let base = root.path().canonicalize().unwrap();
         let src = base.join("src");
@@ -407,7 +535,11 @@ pub fn run_cli(args: &[&OsStr], timeout: Duration) -> Output {
     let _ = r2.join();
     let stdout = std::mem::take(&mut *out.lock().unwrap());
     let stderr = std::mem::take(&mut *err.lock().unwrap());
-    Output { status, stdout, stderr }
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -473,7 +605,11 @@ pub fn first_diff(a: &[u8], b: &[u8]) -> String {
     if a.len() != b.len() {
         let common = a.len().min(b.len());
         match (0..common).find(|&i| a[i] != b[i]) {
-            Some(i) => format!("lengths {} vs {}; first differing byte at {i}", a.len(), b.len()),
+            Some(i) => format!(
+                "lengths {} vs {}; first differing byte at {i}",
+                a.len(),
+                b.len()
+            ),
             None => format!("lengths {} vs {} (equal prefix)", a.len(), b.len()),
         }
     } else {

@@ -142,7 +142,9 @@ impl Filesystem for FaultyFs {
         self.reads.fetch_add(1, Ordering::Relaxed);
         let slice = |data: &[u8]| -> Vec<u8> {
             let start = (offset as usize).min(data.len());
-            let end = (offset as usize).saturating_add(size as usize).min(data.len());
+            let end = (offset as usize)
+                .saturating_add(size as usize)
+                .min(data.len());
             data[start..end].to_vec()
         };
         match ino.0 {
@@ -201,7 +203,11 @@ impl Filesystem for FaultyFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        if ino.0 == LOCKED { reply.error(Errno::EACCES) } else { reply.ok() }
+        if ino.0 == LOCKED {
+            reply.error(Errno::EACCES)
+        } else {
+            reply.ok()
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -236,17 +242,33 @@ impl FaultyMount {
             mtime: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         };
         let mut cfg = Config::default();
-        cfg.mount_options = vec![MountOption::RO, MountOption::FSName("faulty-test-src".into())];
+        cfg.mount_options = vec![
+            MountOption::RO,
+            MountOption::FSName("faulty-test-src".into()),
+        ];
         cfg.n_threads = Some(2);
-        let session = fuser::spawn_mount(fs, path, &cfg)
-            .unwrap_or_else(|e| panic!("mounting the faulty test filesystem at {}: {e}", path.display()));
+        let session = fuser::spawn_mount(fs, path, &cfg).unwrap_or_else(|e| {
+            panic!(
+                "mounting the faulty test filesystem at {}: {e}",
+                path.display()
+            )
+        });
         // The kernel answers requests only once INIT is through; a stat proves the mount is live.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::fs::metadata(path.join("good.bin")).is_err() {
-            assert!(std::time::Instant::now() < deadline, "faulty test filesystem did not come up");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "faulty test filesystem did not come up"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
-        FaultyMount { session: Some(session), path: path.to_path_buf(), fail_bad, reads, failed_reads }
+        FaultyMount {
+            session: Some(session),
+            path: path.to_path_buf(),
+            fail_bad,
+            reads,
+            failed_reads,
+        }
     }
 }
 
