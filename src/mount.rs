@@ -365,7 +365,8 @@ impl Mounted {
         };
         let mut options = vec![
             MountOption::FSName(format!("nitro-uring:{}", source.display())),
-            MountOption::Subtype("nitro-uring".into()),
+            // fuser hands Subtype only to fusermount; the kernel takes it as a data option.
+            MountOption::CUSTOM("subtype=nitro-uring".into()),
             MountOption::RO,
             MountOption::DefaultPermissions,
             MountOption::NoDev,
