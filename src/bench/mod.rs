@@ -217,6 +217,7 @@ fn stats_delta(a: &StatsSnapshot, b: &StatsSnapshot) -> serde_json::Value {
         "uncached_reads": b.uncached_reads - a.uncached_reads,
         "fill_errors": b.fill_errors - a.fill_errors,
         "pool_used_bytes": b.pool_used_bytes,
+        "after": serde_json::to_value(b).unwrap_or(serde_json::Value::Null),
     })
 }
 
