@@ -126,6 +126,22 @@ fn hot_reads_allocate_nothing() {
     }
     let before = m.stats();
 
+    // the counter itself works: an allocation while armed is counted (and traced)
+    ARMED.store(true, Ordering::SeqCst);
+    let probe = std::hint::black_box(Box::new(std::hint::black_box(7u64)));
+    ARMED.store(false, Ordering::SeqCst);
+    drop(probe);
+    assert!(
+        ALLOCS.load(Ordering::SeqCst) >= 1,
+        "the counting allocator did not count"
+    );
+    assert!(
+        !TRACES.lock().unwrap().is_empty(),
+        "the counting allocator took no backtrace"
+    );
+    TRACES.lock().unwrap().clear();
+    TRACES_TAKEN.store(0, Ordering::SeqCst);
+
     // the measured window
     const ROUNDS: usize = 200; // 200 * 7 = 1400 reads
     let mut short = 0usize;

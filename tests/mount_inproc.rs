@@ -53,7 +53,7 @@ fn random_reads_from_8_threads_under_eviction() {
     let s0 = m.stats();
     assert_eq!(s0.pool_bytes, pool, "stats().pool_bytes");
 
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(75);
     let reaching_daemon = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let handles: Vec<_> = (0..THREADS)

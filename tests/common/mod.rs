@@ -220,6 +220,26 @@ pub fn abort_fuse_connections(mp: &Path) {
     }
 }
 
+/// Set once any watchdog of this test binary has fired.
+pub static WATCHDOG_FIRED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Describe an I/O error on a mount, noting when it comes from a watchdog abort (i.e. the
+/// operation hung).
+pub fn io_context(e: &io::Error) -> String {
+    if WATCHDOG_FIRED.load(std::sync::atomic::Ordering::SeqCst) && errno(e) == libc::ENOTCONN {
+        format!("{e} — the operation HUNG and the test watchdog aborted the FUSE connection")
+    } else {
+        e.to_string()
+    }
+}
+
+/// `fs::read` that panics with the path and a readable cause.
+#[track_caller]
+pub fn read_or_panic(p: &Path) -> Vec<u8> {
+    fs::read(p).unwrap_or_else(|e| panic!("read {}: {}", p.display(), io_context(&e)))
+}
+
 /// Turns a hang into a failure: if not dropped within `limit`, aborts the FUSE connection of the
 /// mount at the path (so blocked reads fail with ENOTCONN and the test fails instead of hanging
 /// the suite) and SIGKILLs `pid`, if given.
@@ -228,12 +248,12 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    /// 150 s, or `NITRO_TEST_WATCHDOG_SECS`.
+    /// 90 s, or `NITRO_TEST_WATCHDOG_SECS`.
     pub fn default_limit() -> Duration {
         let secs = std::env::var("NITRO_TEST_WATCHDOG_SECS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(150);
+            .unwrap_or(90);
         Duration::from_secs(secs)
     }
 
@@ -242,6 +262,7 @@ impl Watchdog {
         let mp = mp.to_path_buf();
         thread::spawn(move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                WATCHDOG_FIRED.store(true, std::sync::atomic::Ordering::SeqCst);
                 eprintln!(
                     "watchdog: the test using {} is still running after {limit:?}; aborting its mount",
                     mp.display()
