@@ -267,6 +267,45 @@ fn mmap_shared_equals_source_keep_mode() {
     check_mmap(Some("keep"));
 }
 
+/// A mapping of a file larger than the pool: pages of the mapping are filled while the arena
+/// evicts behind them.
+#[test]
+fn mmap_shared_of_a_file_larger_than_the_pool() {
+    let dirs = Dirs::new();
+    let size = 12 * MIB as usize + 4097;
+    let want = pattern(78, size);
+    write_file(&dirs.src.join("big.gguf"), &want);
+    let _d = Daemon::start(&dirs.src, &dirs.mnt, &["--chunk", "64KiB", "--pool", "4M"]);
+    let f = File::open(dirs.mnt.join("big.gguf")).unwrap();
+    use std::os::fd::AsRawFd;
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    let map = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
+    // strided first (every 7th page), then everything
+    let pages = size.div_ceil(4096);
+    for k in 0..pages {
+        let off = ((k * 7) % pages) * 4096;
+        assert_eq!(map[off], want[off], "mmap byte at {off}");
+    }
+    let got = map.to_vec();
+    unsafe { libc::munmap(p, size) };
+    assert_bytes_eq(&got, &want, "mmap of a file 3x the pool");
+}
+
 fn mtime(p: &Path) -> SystemTime {
     fs::metadata(p).unwrap().modified().unwrap()
 }

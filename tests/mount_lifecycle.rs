@@ -128,6 +128,49 @@ fn size_syntax_variants_are_accepted() {
     }
 }
 
+/// Every documented mount flag is accepted and the mount serves correct bytes.
+#[test]
+fn all_documented_flags_are_accepted() {
+    for args in [
+        &[
+            "--pool",
+            "32M",
+            "--chunk",
+            "128KiB",
+            "--threads",
+            "1",
+            "--readahead",
+            "0",
+            "--allow-other",
+            "--lock",
+            "--cache-mode",
+            "keep",
+            "-q",
+        ][..],
+        &[
+            "--pool",
+            "0.03125",
+            "--chunk",
+            "64KiB",
+            "--threads",
+            "3",
+            "--readahead",
+            "4MiB",
+            "--cache-mode",
+            "direct",
+            "-v",
+        ][..],
+    ] {
+        let dirs = Dirs::new();
+        let data = populate(&dirs.src);
+        let mut d = Daemon::try_start(&dirs.src, &dirs.mnt, args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert_serves(&dirs.mnt, &data);
+        d.signal(libc::SIGTERM);
+        assert_clean_exit(&mut d, &format!("SIGTERM with {args:?}"));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // bad input
 
