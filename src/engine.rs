@@ -253,7 +253,7 @@ pub struct Engine {
     shared: Arc<Shared>,
     ring: Ring,
     rx: Receiver<Msg>,
-    notifier: Option<fuser::Notifier>,
+    notifier: Option<crossbeam_channel::Sender<u64>>,
     policy: S3Fifo,
     free_slots: Vec<u32>,
     fills: Vec<Option<Fill>>,
@@ -320,7 +320,17 @@ impl Engine {
 
     /// Lets purges drop the kernel's cached pages too (the notifier exists once mounted).
     pub fn with_notifier(mut self, notifier: fuser::Notifier) -> Engine {
-        self.notifier = Some(notifier);
+        let (tx, rx) = crossbeam_channel::bounded::<u64>(1024);
+        let spawned = std::thread::Builder::new()
+            .name("nitro-inval".into())
+            .spawn(move || {
+                for ino in rx {
+                    let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+                }
+            });
+        if spawned.is_ok() {
+            self.notifier = Some(tx);
+        }
         self
     }
 
@@ -864,8 +874,10 @@ impl Engine {
         }
         self.sources.remove(&file_id);
         if let Some(n) = &self.notifier {
-            // Outside any request handler, so this cannot deadlock against the kernel's inode lock.
-            let _ = n.inval_inode(fuser::INodeNo(fuse_ino), 0, 0);
+            // Never from this thread: invalidation waits for locked pages whose reads only this
+            // thread can complete. A full queue only skips the extra invalidation; the open that
+            // noticed the change already dropped the pages (no FOPEN_KEEP_CACHE on that open).
+            let _ = n.try_send(fuse_ino);
         }
         tracing::debug!("purged {dropped} chunks of file id {file_id}");
     }
