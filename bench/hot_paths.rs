@@ -96,7 +96,11 @@ mod arena_hit_copy {
                 let view = pin.view();
                 // SAFETY: as above.
                 let bytes = unsafe { arena.bytes(view.block, view.len) };
-                let (src, dst) = if i == 0 { (&bytes[half..], &mut out[..half]) } else { (&bytes[..half], &mut out[half..]) };
+                let (src, dst) = if i == 0 {
+                    (&bytes[half..], &mut out[..half])
+                } else {
+                    (&bytes[..half], &mut out[half..])
+                };
                 dst.copy_from_slice(src);
             }
             divan::black_box(&out);
@@ -134,7 +138,8 @@ mod index_pin {
         let seed = std::sync::atomic::AtomicU64::new(1);
         bencher
             .with_inputs(|| {
-                let mut s = seed.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed) | 1;
+                let mut s =
+                    seed.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed) | 1;
                 Key {
                     file: 7,
                     chunk: xorshift(&mut s) % u64::from(KEYS),
@@ -194,7 +199,13 @@ mod ring {
         let mut done = Vec::with_capacity(64);
         let mut off = 0u64;
         bencher.bench_local(|| {
-            round_trip(&mut ring, file.as_raw_fd(), buf.as_mut_ptr(), off, &mut done);
+            round_trip(
+                &mut ring,
+                file.as_raw_fd(),
+                buf.as_mut_ptr(),
+                off,
+                &mut done,
+            );
             off = (off + 4096) % (8 << 20);
         });
     }
@@ -210,7 +221,13 @@ mod ring {
         let mut done = Vec::with_capacity(64);
         let mut off = 0u64;
         bencher.bench_local(|| {
-            round_trip(&mut ring, file.as_raw_fd(), buf.as_mut_ptr(), off, &mut done);
+            round_trip(
+                &mut ring,
+                file.as_raw_fd(),
+                buf.as_mut_ptr(),
+                off,
+                &mut done,
+            );
             off = (off + 4096) % (8 << 20);
         });
     }
@@ -222,18 +239,26 @@ mod ring {
         let mut bufs = vec![0u8; 32 * 4096];
         let mut ring = Ring::new(64).expect("io_uring");
         let mut done = Vec::with_capacity(64);
-        bencher.counter(divan::counter::ItemsCount::new(32usize)).bench_local(|| {
-            for i in 0..32u64 {
-                // SAFETY: each read has its own 4 KiB of `bufs`, untouched until reaped below.
-                assert!(unsafe {
-                    ring.push_read(file.as_raw_fd(), i * 4096, bufs.as_mut_ptr().add(i as usize * 4096), 4096, i)
-                });
-            }
-            done.clear();
-            while done.len() < 32 {
-                ring.wait(true, &mut done).expect("wait");
-            }
-        });
+        bencher
+            .counter(divan::counter::ItemsCount::new(32usize))
+            .bench_local(|| {
+                for i in 0..32u64 {
+                    // SAFETY: each read has its own 4 KiB of `bufs`, untouched until reaped below.
+                    assert!(unsafe {
+                        ring.push_read(
+                            file.as_raw_fd(),
+                            i * 4096,
+                            bufs.as_mut_ptr().add(i as usize * 4096),
+                            4096,
+                            i,
+                        )
+                    });
+                }
+                done.clear();
+                while done.len() < 32 {
+                    ring.wait(true, &mut done).expect("wait");
+                }
+            });
     }
 
     /// Wake the ring (eventfd write) and see the wake-up come back as a completion.

@@ -58,7 +58,11 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 
 fn leftovers(work: &Path) -> Vec<String> {
     std::fs::read_dir(work)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().display().to_string()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().display().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -70,13 +74,19 @@ fn num(v: &Value, key: &str) -> f64 {
 
 fn positive(v: &Value, key: &str, what: &str) {
     let x = num(v, key);
-    assert!(x.is_finite() && x > 0.0, "{what}: {key} = {x} is not finite and positive");
+    assert!(
+        x.is_finite() && x > 0.0,
+        "{what}: {key} = {x} is not finite and positive"
+    );
 }
 
 #[test]
 fn quick_json_has_every_workload_on_every_target() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::Builder::new().prefix("nitro-bench-test").tempdir().expect("tempdir");
+    let tmp = tempfile::Builder::new()
+        .prefix("nitro-bench-test")
+        .tempdir()
+        .expect("tempdir");
     let work = tmp.path().join("work");
     std::fs::create_dir(&work).expect("mkdir work");
     let json = tmp.path().join("out.json");
@@ -97,19 +107,42 @@ fn quick_json_has_every_workload_on_every_target() {
     let status = wait_timeout(&mut child, Duration::from_secs(180));
     // Shown when the test fails (or with --nocapture).
     for f in ["stderr", "stdout"] {
-        eprintln!("--- {f}\n{}", std::fs::read_to_string(tmp.path().join(f)).unwrap_or_default());
+        eprintln!(
+            "--- {f}\n{}",
+            std::fs::read_to_string(tmp.path().join(f)).unwrap_or_default()
+        );
     }
     let status = status.expect("bench --quick did not finish in 180 s");
     eprintln!("bench --quick took {:.1}s", t0.elapsed().as_secs_f64());
     assert!(status.success(), "bench --quick failed: {status}");
-    assert!(mounts_under(tmp.path()).is_empty(), "left mounted: {:?}", mounts_under(tmp.path()));
-    assert!(leftovers(&work).is_empty(), "left behind: {:?}", leftovers(&work));
+    assert!(
+        mounts_under(tmp.path()).is_empty(),
+        "left mounted: {:?}",
+        mounts_under(tmp.path())
+    );
+    assert!(
+        leftovers(&work).is_empty(),
+        "left behind: {:?}",
+        leftovers(&work)
+    );
 
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).expect("valid JSON");
-    let can_drop = doc["flags"]["drop_caches"].as_bool().expect("flags.drop_caches");
-    assert!(doc["machine"]["cores"].as_u64().unwrap_or(0) > 0, "machine.cores");
-    assert!(!doc["machine"]["kernel"].as_str().unwrap_or("").is_empty(), "machine.kernel");
-    assert!(doc["files"].as_array().is_some_and(|f| !f.is_empty()), "files");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+        .expect("valid JSON");
+    let can_drop = doc["flags"]["drop_caches"]
+        .as_bool()
+        .expect("flags.drop_caches");
+    assert!(
+        doc["machine"]["cores"].as_u64().unwrap_or(0) > 0,
+        "machine.cores"
+    );
+    assert!(
+        !doc["machine"]["kernel"].as_str().unwrap_or("").is_empty(),
+        "machine.kernel"
+    );
+    assert!(
+        doc["files"].as_array().is_some_and(|f| !f.is_empty()),
+        "files"
+    );
     positive(&doc, "total_bytes", "report");
     positive(&doc["memory"], "peak_rss_bytes", "memory");
     positive(&doc["memory"], "pool_bytes", "memory");
@@ -126,7 +159,10 @@ fn quick_json_has_every_workload_on_every_target() {
                     w.starts_with("cold") || w == "load-cold",
                     "{what} skipped ({why}); only cold rows may be"
                 );
-                assert!(!can_drop, "{what} skipped ({why}) although caches could be dropped");
+                assert!(
+                    !can_drop,
+                    "{what} skipped ({why}) although caches could be dropped"
+                );
                 continue;
             }
             for k in ["bytes", "ops", "seconds", "gbps", "ops_per_sec"] {
@@ -140,13 +176,29 @@ fn quick_json_has_every_workload_on_every_target() {
             for k in ["count", "min", "p50", "p90", "p99", "p999", "max", "mean"] {
                 positive(lat, k, &what);
             }
-            let p: Vec<f64> = ["min", "p50", "p90", "p99", "p999", "max"].iter().map(|k| num(lat, k)).collect();
-            assert!(p.windows(2).all(|w| w[0] <= w[1]), "{what}: percentiles out of order {p:?}");
+            let p: Vec<f64> = ["min", "p50", "p90", "p99", "p999", "max"]
+                .iter()
+                .map(|k| num(lat, k))
+                .collect();
+            assert!(
+                p.windows(2).all(|w| w[0] <= w[1]),
+                "{what}: percentiles out of order {p:?}"
+            );
             let hist = row["histogram_ns"].as_array().expect("histogram_ns");
             assert!(!hist.is_empty(), "{what}: empty histogram");
-            let total: u64 = hist.iter().map(|b| b[1].as_u64().expect("bucket count")).sum();
-            assert_eq!(total, lat["count"].as_u64().unwrap(), "{what}: histogram total != count");
-            assert!(!row["cache_mode"].as_str().unwrap_or("").is_empty(), "{what}: cache_mode");
+            let total: u64 = hist
+                .iter()
+                .map(|b| b[1].as_u64().expect("bucket count"))
+                .sum();
+            assert_eq!(
+                total,
+                lat["count"].as_u64().unwrap(),
+                "{what}: histogram total != count"
+            );
+            assert!(
+                !row["cache_mode"].as_str().unwrap_or("").is_empty(),
+                "{what}: cache_mode"
+            );
             if t == "mount" {
                 assert!(row["mount_stats"].is_object(), "{what}: mount_stats");
             }
@@ -159,7 +211,10 @@ fn quick_json_has_every_workload_on_every_target() {
             .unwrap_or_else(|| panic!("no ratio for {w}"));
         for k in ["mount_over_source", "mount_over_ceiling"] {
             if ratio[k].is_null() {
-                assert!(!can_drop && (w == "cold-seq" || w == "load-cold"), "{w}: {k} missing");
+                assert!(
+                    !can_drop && (w == "cold-seq" || w == "load-cold"),
+                    "{w}: {k} missing"
+                );
             } else {
                 positive(ratio, k, w);
             }
@@ -184,7 +239,10 @@ fn quick_json_has_every_workload_on_every_target() {
 #[test]
 fn ctrl_c_unmounts_and_removes_the_temporary_directory() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::Builder::new().prefix("nitro-bench-int").tempdir().expect("tempdir");
+    let tmp = tempfile::Builder::new()
+        .prefix("nitro-bench-int")
+        .tempdir()
+        .expect("tempdir");
     let work = tmp.path().join("work");
     std::fs::create_dir(&work).expect("mkdir work");
     // Long timed rows, so the interrupt lands while the mounts are up.
@@ -197,15 +255,30 @@ fn ctrl_c_unmounts_and_removes_the_temporary_directory() {
         .expect("spawn nitro-uring bench");
     let t0 = Instant::now();
     while mounts_under(&work).len() < 2 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the bench never mounted anything");
-        assert!(child.try_wait().expect("try_wait").is_none(), "bench exited before mounting");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the bench never mounted anything"
+        );
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "bench exited before mounting"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let status = wait_timeout(&mut child, Duration::from_secs(60)).expect("bench did not exit after SIGINT");
+    let status =
+        wait_timeout(&mut child, Duration::from_secs(60)).expect("bench did not exit after SIGINT");
     assert!(!status.success(), "an interrupted bench must not exit 0");
-    assert!(mounts_under(&work).is_empty(), "left mounted: {:?}", mounts_under(&work));
-    assert!(leftovers(&work).is_empty(), "left behind: {:?}", leftovers(&work));
+    assert!(
+        mounts_under(&work).is_empty(),
+        "left mounted: {:?}",
+        mounts_under(&work)
+    );
+    assert!(
+        leftovers(&work).is_empty(),
+        "left behind: {:?}",
+        leftovers(&work)
+    );
 }

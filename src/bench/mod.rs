@@ -1056,6 +1056,25 @@ fn summary(r: &Report) -> String {
         pct(r.page_cache.source_after_mount_cold_read),
         pct(r.page_cache.mount_after_keep_mode_reads)
     );
+    // A "warm" mount row that still missed is not measuring what its label says: say so.
+    for row in r
+        .rows
+        .iter()
+        .filter(|x| x.target == "mount" && x.state.starts_with("arena holds"))
+    {
+        let misses = row
+            .mount_stats
+            .as_ref()
+            .and_then(|m| m["misses"].as_u64())
+            .unwrap_or(0);
+        if misses > 0 {
+            let _ = writeln!(
+                s,
+                "warning: {} ran with {misses} arena misses (pool too small?)",
+                row.label
+            );
+        }
+    }
     for n in &r.notes {
         let _ = writeln!(s, "note: {n}");
     }

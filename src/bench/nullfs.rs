@@ -28,8 +28,54 @@ pub struct NullFile {
     pub size: u64,
 }
 
+/// One inode of the tree: inode number = index + 1 (the root is inode 1).
+struct Node {
+    name: String,
+    parent: u64,
+    /// None for a directory.
+    size: Option<u64>,
+    children: Vec<u64>,
+}
+
+/// Builds the tree of directories and files from relative paths like `sub/dir/file.bin`.
+fn build_tree(files: &[NullFile]) -> Vec<Node> {
+    let mut nodes = vec![Node {
+        name: String::new(),
+        parent: 1,
+        size: None,
+        children: Vec::new(),
+    }];
+    for f in files {
+        let parts: Vec<&str> = f.name.split('/').filter(|p| !p.is_empty()).collect();
+        let mut dir = 1u64;
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let found = nodes[dir as usize - 1]
+                .children
+                .iter()
+                .copied()
+                .find(|&c| nodes[c as usize - 1].name == *part);
+            dir = match found {
+                Some(c) => c,
+                None => {
+                    nodes.push(Node {
+                        name: (*part).to_string(),
+                        parent: dir,
+                        size: last.then_some(f.size),
+                        children: Vec::new(),
+                    });
+                    let ino = nodes.len() as u64;
+                    nodes[dir as usize - 1].children.push(ino);
+                    ino
+                }
+            };
+        }
+    }
+    nodes
+}
+
 struct NullFs {
-    files: Vec<NullFile>,
+    nodes: Vec<Node>,
     mode: CacheMode,
     max_request_bytes: usize,
     zeros: Box<[u8]>,
@@ -39,12 +85,15 @@ struct NullFs {
 }
 
 impl NullFs {
+    fn node(&self, ino: u64) -> Option<&Node> {
+        ino.checked_sub(1).and_then(|i| self.nodes.get(i as usize))
+    }
+
     fn attr(&self, ino: u64) -> Option<FileAttr> {
-        let (kind, size, perm, nlink) = if ino == INodeNo::ROOT.0 {
-            (FileType::Directory, 0, 0o555, 2)
-        } else {
-            let f = self.files.get((ino - 2) as usize)?;
-            (FileType::RegularFile, f.size, 0o444, 1)
+        let n = self.node(ino)?;
+        let (kind, size, perm, nlink) = match n.size {
+            None => (FileType::Directory, 0, 0o555, 2),
+            Some(size) => (FileType::RegularFile, size, 0o444, 1),
         };
         Some(FileAttr {
             ino: INodeNo(ino),
@@ -87,18 +136,15 @@ impl Filesystem for NullFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent != INodeNo::ROOT {
+        let Some(dir) = self.node(parent.0) else {
             return reply.error(Errno::ENOENT);
-        }
-        match self
-            .files
-            .iter()
-            .position(|f| f.name.as_bytes() == name.as_bytes())
-        {
-            Some(i) => match self.attr(i as u64 + 2) {
-                Some(a) => reply.entry(&TTL, &a, Generation(0)),
-                None => reply.error(Errno::ENOENT),
-            },
+        };
+        let found = dir.children.iter().copied().find(|&c| {
+            self.node(c)
+                .is_some_and(|n| n.name.as_bytes() == name.as_bytes())
+        });
+        match found.and_then(|c| self.attr(c)) {
+            Some(a) => reply.entry(&TTL, &a, Generation(0)),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -114,8 +160,10 @@ impl Filesystem for NullFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        if self.attr(ino.0).is_none() {
-            return reply.error(Errno::ENOENT);
+        match self.node(ino.0) {
+            None => return reply.error(Errno::ENOENT),
+            Some(n) if n.size.is_none() => return reply.error(Errno::EISDIR),
+            Some(_) => {}
         }
         let open_flags = match self.mode {
             CacheMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
@@ -135,22 +183,19 @@ impl Filesystem for NullFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(f) = ino
-            .0
-            .checked_sub(2)
-            .and_then(|i| self.files.get(i as usize))
-        else {
+        let Some(file_size) = self.node(ino.0).and_then(|n| n.size) else {
             return reply.error(Errno::EBADF);
         };
-        let n = (u64::from(size)).min(f.size.saturating_sub(offset)) as usize;
+        let n = (u64::from(size)).min(file_size.saturating_sub(offset)) as usize;
         reply.data(&self.zeros[..n.min(self.zeros.len())]);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if ino != INodeNo::ROOT {
-            return reply.error(Errno::ENOTDIR);
+        match self.node(ino.0) {
+            Some(n) if n.size.is_none() => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Some(_) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
         }
-        reply.opened(FileHandle(0), FopenFlags::empty());
     }
 
     fn readdir(
@@ -161,15 +206,22 @@ impl Filesystem for NullFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        if ino != INodeNo::ROOT {
+        let Some(dir) = self.node(ino.0).filter(|n| n.size.is_none()) else {
             return reply.error(Errno::ENOTDIR);
-        }
+        };
         let mut entries: Vec<(u64, FileType, &OsStr)> = vec![
-            (1, FileType::Directory, OsStr::new(".")),
-            (1, FileType::Directory, OsStr::new("..")),
+            (ino.0, FileType::Directory, OsStr::new(".")),
+            (dir.parent, FileType::Directory, OsStr::new("..")),
         ];
-        for (i, f) in self.files.iter().enumerate() {
-            entries.push((i as u64 + 2, FileType::RegularFile, OsStr::new(&f.name)));
+        for &c in &dir.children {
+            if let Some(n) = self.node(c) {
+                let kind = if n.size.is_some() {
+                    FileType::RegularFile
+                } else {
+                    FileType::Directory
+                };
+                entries.push((c, kind, OsStr::new(&n.name)));
+            }
         }
         for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
@@ -219,7 +271,7 @@ impl NullMount {
     ) -> Result<NullMount> {
         let max_request = max_request_bytes(chunk_bytes);
         let fs = NullFs {
-            files,
+            nodes: build_tree(&files),
             mode,
             max_request_bytes: max_request,
             zeros: touched_zeros(max_request.max(1 << 20)),
