@@ -143,19 +143,26 @@ fn hot_reads_allocate_nothing() {
     TRACES_TAKEN.store(0, Ordering::SeqCst);
 
     // the measured window
-    const ROUNDS: usize = 200; // 200 * 7 = 1400 reads
+    // At least 1400 reads and at least 2.5 s, so that anything the process does periodically
+    // (a once-a-second stats thread, say) falls inside the window every time, not by chance.
+    const MIN_READS: u64 = 1400;
+    const MIN_WINDOW: std::time::Duration = std::time::Duration::from_millis(2500);
     let mut short = 0usize;
+    let mut reads = 0u64;
     ALLOCS.store(0, Ordering::SeqCst);
+    let t0 = std::time::Instant::now();
     ARMED.store(true, Ordering::SeqCst);
-    for _ in 0..ROUNDS {
+    while reads < MIN_READS || t0.elapsed() < MIN_WINDOW {
         for &(off, l) in &ranges {
             match pread_full(&f, &mut buf[..l], off) {
                 Ok(n) if n == l.min(len - off as usize) => {}
                 _ => short += 1,
             }
+            reads += 1;
         }
     }
     ARMED.store(false, Ordering::SeqCst);
+    let window = t0.elapsed();
     let allocs = ALLOCS.load(Ordering::SeqCst);
     let after = m.stats();
 
@@ -168,8 +175,9 @@ fn hot_reads_allocate_nothing() {
         short, 0,
         "{short} hot reads returned an error or a short count"
     );
-    let reads = (ROUNDS * ranges.len()) as u64;
-    eprintln!("{reads} hot reads: {allocs} allocations; stats before {before:?}\nafter {after:?}");
+    eprintln!(
+        "{reads} hot reads in {window:?}: {allocs} allocations; stats before {before:?}\nafter {after:?}"
+    );
     assert!(
         after.hits - before.hits >= reads,
         "hits rose by {} over {reads} hot reads (expected at least one FUSE read each in direct mode)",
@@ -179,7 +187,7 @@ fn hot_reads_allocate_nothing() {
     if allocs != 0 {
         let traces = TRACES.lock().unwrap();
         let mut msg = format!(
-            "{allocs} heap allocations during {reads} hot reads; the first {}:\n",
+            "{allocs} heap allocations during {reads} hot reads ({window:?}); the first {}:\n",
             traces.len()
         );
         for (i, (thread, bt)) in traces.iter().enumerate() {
