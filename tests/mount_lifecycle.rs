@@ -128,10 +128,12 @@ fn size_syntax_variants_are_accepted() {
     }
 }
 
-/// Every documented mount flag is accepted and the mount serves correct bytes.
+/// The defaults and every documented mount flag are accepted, and the mount serves correct bytes.
 #[test]
 fn all_documented_flags_are_accepted() {
     for args in [
+        // no flags at all: the defaults (--pool 1G --chunk 1MiB)
+        &[][..],
         &[
             "--pool",
             "32M",
