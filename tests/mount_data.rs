@@ -427,6 +427,24 @@ fn check_no_stale_bytes(mode: &str) {
         &d2,
         &format!("[{mode}] open+read after rename to a larger file"),
     );
+
+    // 4. rewritten in place with a different size (truncate + write, same inode): larger, then
+    // smaller, each read right after
+    for (i, n) in [len + 100_000, len / 3].into_iter().enumerate() {
+        let e = pattern(40 + i as u64, n);
+        write_file(&src, &e);
+        let got = read_or_panic(&mnt);
+        assert_bytes_eq(
+            &got,
+            &e,
+            &format!("[{mode}] open+read after an in-place rewrite to {n} bytes"),
+        );
+        assert_eq!(
+            fs::metadata(&mnt).unwrap().len(),
+            n as u64,
+            "[{mode}] st_size after an in-place rewrite to {n} bytes"
+        );
+    }
 }
 
 #[test]
