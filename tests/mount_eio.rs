@@ -13,21 +13,23 @@ use common::*;
 use faulty_fs::*;
 
 #[test]
-fn source_eio_reaches_the_reader_and_the_daemon_keeps_serving() {
+fn source_eio_reaches_the_reader_and_the_daemon_keeps_serving_direct_mode() {
+    check_eio("direct");
+}
+
+#[test]
+fn source_eio_reaches_the_reader_and_the_daemon_keeps_serving_keep_mode() {
+    check_eio("keep");
+}
+
+fn check_eio(mode: &str) {
     let dirs = Dirs::new();
     let faulty = FaultyMount::mount(&dirs.src);
     let good = pattern(GOOD_SEED, GOOD_LEN);
     let mut d = Daemon::start(
         &dirs.src,
         &dirs.mnt,
-        &[
-            "--chunk",
-            "64KiB",
-            "--pool",
-            "16M",
-            "--cache-mode",
-            "direct",
-        ],
+        &["--chunk", "64KiB", "--pool", "16M", "--cache-mode", mode],
     );
 
     // the mirror lists the faulty source
