@@ -118,6 +118,8 @@ pub struct Mounted {
     tx: crossbeam_channel::Sender<Msg>,
     waker: Waker,
     heartbeat: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
+    /// The mount's device ("0:39"): names its connection under /sys/fs/fuse/connections.
+    conn_dev: Option<String>,
 }
 
 /// Checks every input; the error text is the one line the user sees.
@@ -254,7 +256,16 @@ fn is_mounted(path: &Path) -> bool {
 
 /// A mount left by a killed daemon answers ENOTCONN; detach it so the path can be reused.
 pub fn recover_stale(mountpoint: &Path) -> Result<bool> {
-    match std::fs::metadata(mountpoint) {
+    // stat may be answered from the kernel's attribute cache even on a dead connection; listing the
+    // directory always asks the daemon, so probe with that when a FUSE mount is there.
+    let probe = match std::fs::metadata(mountpoint) {
+        Err(e) => Err(e),
+        Ok(_) if mount_entry(mountpoint).is_some_and(|(_, t)| t.starts_with("fuse")) => {
+            std::fs::read_dir(mountpoint).map(|_| ())
+        }
+        Ok(_) => Ok(()),
+    };
+    match probe {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             umount(mountpoint, true).with_context(|| {
                 format!(
@@ -411,6 +422,7 @@ impl Mounted {
             .name("nitro-fuse".into())
             .spawn(move || session.run())?;
         tune_bdi(&cfg.mountpoint, cfg.readahead_bytes.max(cfg.chunk_bytes));
+        let conn_dev = mount_entry(&cfg.mountpoint).map(|(dev, _)| dev);
         let heartbeat = crate::heartbeat::spawn(shared.clone());
         tracing::info!(
             "MOUNT {} -> {} pool {} MiB chunk {} KiB mode {:?} threads {}",
@@ -430,6 +442,7 @@ impl Mounted {
             tx,
             waker,
             heartbeat,
+            conn_dev,
         })
     }
 
@@ -456,13 +469,29 @@ impl Mounted {
             && let Err(e) = u.unmount()
             && !self.finished()
         {
-            // Busy (a process has a file open): detach so the daemon can still exit cleanly.
+            // Busy (a process has a file open): detach, then end the connection, so the daemon
+            // exits as asked; the holder of the open file gets ENOTCONN from then on.
             tracing::warn!("unmount failed ({e}); detaching");
             if let Err(e) = umount(&self.mountpoint, true) {
                 result = Err(e);
             }
+            if let Some(dev) = &self.conn_dev
+                && let Some(minor) = dev.split(':').nth(1)
+            {
+                let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+            }
         }
         if let Some(s) = self.session.take() {
+            for _ in 0..50 {
+                if s.is_finished() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !s.is_finished() {
+                tracing::warn!("FUSE session still busy after unmount; leaving it to process exit");
+                return result;
+            }
             match s.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!("session ended: {e}"),
