@@ -166,23 +166,28 @@ impl Shared {
         offset / self.chunk_bytes
     }
 
-    /// Decodes logical bytes `[offset, offset+out.len())` of a pinned encoded chunk.
-    pub fn decode_pieces(&self, view: &SlotView, offset: usize, out: &mut [u8]) -> Result<(), ()> {
+    /// Decodes logical bytes `[offset, offset+out.len())` of a pinned encoded chunk; false when a
+    /// piece is missing or fails its checksum (the caller must not serve `out` then).
+    pub fn decode_pieces(&self, view: &SlotView, offset: usize, out: &mut [u8]) -> bool {
         let piece_bytes = self.chunk_bytes as usize / PIECES;
         let mut pos = offset;
         let mut done = 0;
         while done < out.len() {
             let i = pos / piece_bytes;
-            let block = view.piece(i).ok_or(())?;
+            let Some(block) = view.piece(i) else {
+                return false;
+            };
             let in_piece = pos - i * piece_bytes;
             let take = (out.len() - done).min(piece_bytes - in_piece);
             // SAFETY: the caller's pin keeps the piece published and unwritten.
             let bytes = unsafe { self.arena.bytes(block, block.capacity_bytes()) };
-            decode_into(bytes, in_piece, &mut out[done..done + take]).map_err(|_| ())?;
+            if decode_into(bytes, in_piece, &mut out[done..done + take]).is_err() {
+                return false;
+            }
             pos += take;
             done += take;
         }
-        Ok(())
+        true
     }
 
     /// Copies `[offset, offset+out.len())` of `src` from pinned chunks into `out` (decoding
@@ -213,7 +218,7 @@ impl Shared {
                     dst.copy_from_slice(&bytes[in_chunk..][..take]);
                 }
                 Form::Encoded => {
-                    if self.decode_pieces(&view, in_chunk, dst).is_err() {
+                    if !self.decode_pieces(&view, in_chunk, dst) {
                         return Copied::Corrupt(key);
                     }
                 }

@@ -587,7 +587,7 @@ impl Filesystem for NitroFs {
                         s.resize(shared.max_request_bytes.max(size as usize), 0);
                     }
                     let out = &mut s[..size as usize];
-                    if shared.decode_pieces(&view, start, out).is_ok()
+                    if shared.decode_pieces(&view, start, out)
                         && let Some(reply) = pending.take()
                     {
                         shared.stats.hits.fetch_add(1, Ordering::Relaxed);

@@ -77,7 +77,7 @@ pub fn encode_chunk(
     dst: &mut Vec<u8>,
 ) -> Option<usize> {
     assert!(
-        frame_bytes > 0 && frame_bytes % 4 == 0 && frame_bytes <= MAX_FRAME_BYTES,
+        frame_bytes > 0 && frame_bytes.is_multiple_of(4) && frame_bytes <= MAX_FRAME_BYTES,
         "frame_bytes must be a non-zero multiple of 4 up to MAX_FRAME_BYTES, got {frame_bytes}"
     );
     assert!(!min_saving.is_nan(), "min_saving is NaN");
@@ -274,7 +274,7 @@ fn parse_header(block: &[u8]) -> Result<Header, CodecError> {
         return Err(CodecError::BadHeader("unknown flags"));
     }
     let frame_bytes = le_u32(block, 8) as usize;
-    if frame_bytes == 0 || frame_bytes % 4 != 0 || frame_bytes > MAX_FRAME_BYTES {
+    if frame_bytes == 0 || !frame_bytes.is_multiple_of(4) || frame_bytes > MAX_FRAME_BYTES {
         return Err(CodecError::BadHeader("frame_bytes"));
     }
     let frame_count = le_u32(block, 12) as usize;

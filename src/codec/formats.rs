@@ -161,16 +161,16 @@ impl Layout {
                 ));
             }
         }
-        if let Some(last) = spans.last() {
-            if last.end > file_len {
-                return Err(corrupt(
-                    format,
-                    format!(
-                        "tensor data ends at {} past the file end {file_len}",
-                        last.end
-                    ),
-                ));
-            }
+        if let Some(last) = spans.last()
+            && last.end > file_len
+        {
+            return Err(corrupt(
+                format,
+                format!(
+                    "tensor data ends at {} past the file end {file_len}",
+                    last.end
+                ),
+            ));
         }
         Ok(Layout {
             format,
