@@ -517,3 +517,90 @@ fn every_write_type_op_fails_with_erofs() {
     assert_eq!(fs::read(m("file_644")).unwrap(), file_before);
     let _ = File::open(m("file_644")).unwrap();
 }
+
+/// A directory far larger than one readdir reply (so listing takes many requests with
+/// offsets), with 255-byte names and a name that is not UTF-8: every entry appears once, with
+/// its type, and every file reads back.
+#[test]
+fn large_directory_listing_is_complete() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dirs = Dirs::new();
+    let big = dirs.src.join("big");
+    fs::create_dir(&big).unwrap();
+    let mut names: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for i in 0..2000u64 {
+        let name = if i % 10 == 0 {
+            // 255 bytes, the longest a name may be
+            let mut n = format!("long_{i:05}_").into_bytes();
+            n.resize(255, b'x');
+            n
+        } else {
+            format!("entry_{i:05}.bin").into_bytes()
+        };
+        let p = big.join(OsStr::from_bytes(&name));
+        if i % 100 == 7 {
+            fs::create_dir(&p).unwrap();
+        } else {
+            write_file(&p, &pattern(i, (i % 5) as usize * 100));
+        }
+        names.insert(name);
+    }
+    let odd = b"caf\xe9 \xff.bin".to_vec(); // not UTF-8
+    write_file(&big.join(OsStr::from_bytes(&odd)), b"odd name");
+    names.insert(odd.clone());
+
+    let _d = Daemon::start(&dirs.src, &dirs.mnt, &["--chunk", "64KiB", "--pool", "16M"]);
+    let mbig = dirs.mnt.join("big");
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    for e in fs::read_dir(&mbig).unwrap_or_else(|e| panic!("readdir big/: {e}")) {
+        let e = e.unwrap();
+        let name = e.file_name().as_bytes().to_vec();
+        let is_dir = e.file_type().unwrap().is_dir();
+        assert_eq!(
+            is_dir,
+            big.join(e.file_name()).is_dir(),
+            "d_type of {:?}",
+            e.file_name()
+        );
+        seen.push(name);
+    }
+    let seen_set: BTreeSet<Vec<u8>> = seen.iter().cloned().collect();
+    assert_eq!(
+        seen.len(),
+        seen_set.len(),
+        "readdir returned duplicate entries"
+    );
+    let missing: Vec<String> = names
+        .difference(&seen_set)
+        .take(5)
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    let extra: Vec<String> = seen_set
+        .difference(&names)
+        .take(5)
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "readdir of a 2001-entry directory: {} missing (e.g. {missing:?}), {} extra (e.g. {extra:?})",
+        names.difference(&seen_set).count(),
+        seen_set.difference(&names).count()
+    );
+    assert_eq!(
+        fs::read(mbig.join(OsStr::from_bytes(&odd))).unwrap(),
+        b"odd name",
+        "reading the non-UTF-8 name"
+    );
+    let mut long = b"long_01990_".to_vec();
+    long.resize(255, b'x');
+    assert_eq!(
+        fs::read(mbig.join(OsStr::from_bytes(&long))).unwrap(),
+        pattern(1990, 0),
+        "reading a 255-byte name"
+    );
+    assert_eq!(
+        fs::read(mbig.join("entry_01234.bin")).unwrap(),
+        pattern(1234, 400)
+    );
+}
