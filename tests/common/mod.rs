@@ -104,19 +104,29 @@ pub fn is_mounted(mp: &Path) -> bool {
     !mounts_at(mp).is_empty()
 }
 
+/// statfs f_type of every FUSE filesystem.
+pub const FUSE_SUPER_MAGIC: libc::__fsword_t = 0x6573_5546;
+
 /// `statfs(mp)` on a helper thread, bounded by `timeout` (a hung daemon must not hang the test).
-/// statfs is always answered by the FUSE daemon (never from a kernel cache), so Ok means the
-/// mount at `mp` is alive; a mount left by a dead daemon answers ENOTCONN.
+/// statfs is always answered by the FUSE daemon (never from a kernel cache), so Ok — which also
+/// requires the FUSE f_type — means a live FUSE mount is at `mp`; a mount left by a dead daemon
+/// answers ENOTCONN, and the bare directory has another f_type.
 pub fn probe_statfs(mp: &Path, timeout: Duration) -> io::Result<()> {
     let c = CString::new(mp.as_os_str().as_bytes()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-        let _ = tx.send(if rc == 0 {
-            Ok(())
-        } else {
+        let _ = tx.send(if rc != 0 {
             Err(io::Error::last_os_error())
+        } else if st.f_type != FUSE_SUPER_MAGIC {
+            // e.g. the bare directory, between a stale mount's detach and the new mount
+            Err(io::Error::other(format!(
+                "statfs: f_type {:#x} is not FUSE",
+                st.f_type
+            )))
+        } else {
+            Ok(())
         });
     });
     rx.recv_timeout(timeout).unwrap_or_else(|_| {
