@@ -417,3 +417,9 @@ fn exhaustive_single_byte_damage_on_small_blocks() {
         "{benign} of {total} flips went unnoticed"
     );
 }
+
+#[test]
+fn scratch_can_move_to_another_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Scratch>();
+}

@@ -24,7 +24,7 @@ const CHUNK_BYTES: usize = 1 << 20;
 const MIN_TIMED: Duration = Duration::from_millis(300);
 /// ...and at least this many times; the fastest pass is reported (least disturbed by the rest of
 /// the machine).
-const MIN_PASSES: usize = 3;
+const MIN_PASSES: usize = 5;
 /// Random 4 KiB reads timed per codec.
 const READS_4K: usize = 4096;
 

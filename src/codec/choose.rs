@@ -2,15 +2,16 @@
 //!
 //! Most bytes of a quantized GGUF file are incompressible, and choosing runs on every chunk that
 //! is filled, so the incompressible case must cost next to nothing: a 512-byte probe (four byte
-//! histograms, one per position mod 4) rejects near-uniform data after ~0.3 µs, well under 1% of
-//! copying a 1 MiB chunk. Only chunks that look skewed get the full 2 KiB sample and entropy
-//! estimates, and those are about to be compressed, which costs far more than the sample.
+//! histograms, one per position mod 4) rejects near-uniform data in ~0.2 µs, under 1% of copying
+//! the 1 MiB chunk. Only chunks that look skewed get the full 2 KiB sample and entropy estimates
+//! (~2.5 µs), and those are about to be compressed, which costs ~1000 µs per MiB.
 //!
 //! The estimate is the order-0 entropy of each byte lane (byte `p` of 16/32-bit elements): that is
 //! what zstd's Huffman stage reaches on a split plane (the exponent plane has no long repeats),
-//! so it predicts the plane codecs' ratio within a few percent. LZ4 gains only from repeats, which
-//! order-0 statistics do not see, so it is chosen for the shapes where repeats dominate: text and
-//! long runs of one byte value.
+//! so it predicts the plane codecs' ratio within ~0.01 on real FP16/F32 weights. LZ4 gains only
+//! from repeats, which order-0 statistics do not see, so it is chosen for the shapes where repeats
+//! dominate: text, strings in a binary container (flat lanes, text and zero bytes only) and long
+//! runs of one byte value.
 
 use super::{Codec, DtypeHint};
 use std::sync::OnceLock;
