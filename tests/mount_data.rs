@@ -428,9 +428,16 @@ fn check_no_stale_bytes(mode: &str) {
         &format!("[{mode}] open+read after rename to a larger file"),
     );
 
-    // 4. rewritten in place with a different size (truncate + write, same inode): larger, then
-    // smaller, each read right after
-    for (i, n) in [len + 100_000, len / 3].into_iter().enumerate() {
+    // 4. rewritten in place with a different size (truncate + write, same inode), growing and
+    // shrinking in turn, each read right after (80 times: the invalidation races the read)
+    let sizes = (0..80).map(|i| {
+        if i % 2 == 0 {
+            len + 100_000 + i * 1000
+        } else {
+            len / 3 + i * 1000
+        }
+    });
+    for (i, n) in sizes.enumerate() {
         let e = pattern(40 + i as u64, n);
         write_file(&src, &e);
         let got = read_or_panic(&mnt);
@@ -439,12 +446,72 @@ fn check_no_stale_bytes(mode: &str) {
             &e,
             &format!("[{mode}] open+read after an in-place rewrite to {n} bytes"),
         );
+    }
+}
+
+/// The way llama.cpp maps a model: open, fstat for the size, mmap that many bytes. After the
+/// source file is rewritten in place with a different size, that fstat (on the fd of the open
+/// that follows the rewrite) must show the new size, and the mapping the new bytes.
+fn check_open_fstat_mmap_after_size_change(mode: &str) {
+    use std::os::fd::AsRawFd;
+    let dirs = Dirs::new();
+    let src = dirs.src.join("m.gguf");
+    let mnt = dirs.mnt.join("m.gguf");
+    write_file(&src, &pattern(1, 200_000));
+    let _d = Daemon::start(
+        &dirs.src,
+        &dirs.mnt,
+        &["--chunk", "64KiB", "--pool", "16M", "--cache-mode", mode],
+    );
+    assert_eq!(read_or_panic(&mnt).len(), 200_000);
+    for i in 0..40u64 {
+        let n = if i % 2 == 0 {
+            300_000 + i as usize * 1000
+        } else {
+            70_000 + i as usize * 1000
+        };
+        let want = pattern(100 + i, n);
+        write_file(&src, &want);
+        let f = File::open(&mnt).unwrap_or_else(|e| panic!("open: {}", io_context(&e)));
+        let size = f.metadata().unwrap().len();
         assert_eq!(
-            fs::metadata(&mnt).unwrap().len(),
-            n as u64,
-            "[{mode}] st_size after an in-place rewrite to {n} bytes"
+            size, n as u64,
+            "[{mode}] rewrite #{i}: fstat after open shows st_size {size}, the source has {n}"
+        );
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                n,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let got = unsafe { std::slice::from_raw_parts(p as *const u8, n) }.to_vec();
+        unsafe { libc::munmap(p, n) };
+        assert_bytes_eq(
+            &got,
+            &want,
+            &format!("[{mode}] rewrite #{i}: mmap after open+fstat"),
         );
     }
+}
+
+#[test]
+fn open_fstat_mmap_after_in_place_size_change_direct_mode() {
+    check_open_fstat_mmap_after_size_change("direct");
+}
+
+#[test]
+fn open_fstat_mmap_after_in_place_size_change_keep_mode() {
+    check_open_fstat_mmap_after_size_change("keep");
 }
 
 #[test]
