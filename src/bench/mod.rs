@@ -198,6 +198,13 @@ struct Bench<'a> {
     last_stats: Option<StatsSnapshot>,
 }
 
+/// Drops the page-cache pages of these files (between passes of a warm row).
+fn drop_list(files: &[FileRef]) {
+    for f in files {
+        let _ = sys::drop_file_cache(&f.path);
+    }
+}
+
 fn selected(args: &BenchArgs, id: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|o| o == id)
 }
@@ -455,7 +462,7 @@ impl Bench<'_> {
             threads: 1,
             block_bytes: SEQ_BLOCK as u64,
         };
-        self.drop_files(Target::Source);
+        let secs = self.seconds;
         let src = self.files_of(Target::Source);
         self.measure(
             spec(
@@ -463,9 +470,15 @@ impl Bench<'_> {
                 "-",
                 "source's page cache dropped (reads the disk)",
             ),
-            |c| workload::seq_read(&src, SEQ_BLOCK, c),
+            |c| {
+                workload::repeat(
+                    secs,
+                    c,
+                    || drop_list(&src),
+                    |c| workload::seq_read(&src, SEQ_BLOCK, c),
+                )
+            },
         )?;
-        self.drop_files(Target::Mount);
         let mnt = self.files_of(Target::Mount);
         self.measure(
             spec(
@@ -473,11 +486,18 @@ impl Bench<'_> {
                 "direct",
                 "arena holds the source; mount's page cache dropped",
             ),
-            |c| workload::seq_read(&mnt, SEQ_BLOCK, c),
+            |c| {
+                workload::repeat(
+                    secs,
+                    c,
+                    || drop_list(&mnt),
+                    |c| workload::seq_read(&mnt, SEQ_BLOCK, c),
+                )
+            },
         )?;
         let null = self.files_of(Target::Ceiling);
         self.measure(spec("ceiling", "direct", "-"), |c| {
-            workload::seq_read(&null, SEQ_BLOCK, c)
+            workload::repeat(secs, c, || {}, |c| workload::seq_read(&null, SEQ_BLOCK, c))
         })
     }
 
@@ -519,6 +539,7 @@ impl Bench<'_> {
         self.warm_mount()?;
         self.null_mount(CacheMode::Direct)?;
         let budget = Duration::from_secs_f64(self.seconds);
+        let secs = self.seconds;
         for t in [Target::Source, Target::Mount, Target::Ceiling] {
             self.drop_files(t);
             let files = self.files_of(t);
@@ -544,7 +565,14 @@ impl Bench<'_> {
                 },
             };
             if id == "mmap-seq" {
-                self.measure(spec, |c| workload::mmap_seq(&files, SEQ_BLOCK, c))?;
+                self.measure(spec, |c| {
+                    workload::repeat(
+                        secs,
+                        c,
+                        || drop_list(&files),
+                        |c| workload::mmap_seq(&files, SEQ_BLOCK, c),
+                    )
+                })?;
             } else {
                 self.measure(spec, |c| workload::mmap_rand(&files, budget, 7, c))?;
             }
@@ -555,6 +583,7 @@ impl Bench<'_> {
 
     fn load(&mut self, id: &'static str) -> Result<()> {
         let cold = id == "load-cold";
+        let secs = self.seconds;
         if cold {
             if let Err(why) = self.drop_ok.clone() {
                 self.skip(id, &format!("cold reads need dropped page caches: {why}"));
@@ -590,7 +619,18 @@ impl Bench<'_> {
                 threads: 1,
                 block_bytes: LOAD_BLOCK as u64,
             };
-            self.measure(spec, |c| workload::model_load(&files, LOAD_BLOCK, c))?;
+            if cold {
+                self.measure(spec, |c| workload::model_load(&files, LOAD_BLOCK, c))?;
+            } else {
+                self.measure(spec, |c| {
+                    workload::repeat(
+                        secs,
+                        c,
+                        || drop_list(&files),
+                        |c| workload::model_load(&files, LOAD_BLOCK, c),
+                    )
+                })?;
+            }
             if cold && t == Target::Mount {
                 self.warm = true;
             }
@@ -600,6 +640,7 @@ impl Bench<'_> {
 
     fn pagecache_seq(&mut self) -> Result<()> {
         let id = "pagecache-seq";
+        let secs = self.seconds;
         let spec = |target, mode, state| RowSpec {
             workload: id,
             label: label_of(id),
@@ -613,7 +654,7 @@ impl Bench<'_> {
         workload::seq_read(&src, SEQ_BLOCK, &self.ctx("first read · source".into()))?;
         self.measure(
             spec("source", "-", "second read: source in the page cache"),
-            |c| workload::seq_read(&src, SEQ_BLOCK, c),
+            |c| workload::repeat(secs, c, || {}, |c| workload::seq_read(&src, SEQ_BLOCK, c)),
         )?;
         self.fresh_mount(CacheMode::Keep)?;
         let mnt = self.files_of(Target::Mount);
@@ -628,7 +669,7 @@ impl Bench<'_> {
                 "keep",
                 "second read, keep mode: mount's page cache and arena hold it",
             ),
-            |c| workload::seq_read(&mnt, SEQ_BLOCK, c),
+            |c| workload::repeat(secs, c, || {}, |c| workload::seq_read(&mnt, SEQ_BLOCK, c)),
         )?;
         self.page_cache.mount_after_keep_mode_reads = sys::resident_fraction(&mnt).ok();
         self.unmount()?;
@@ -645,7 +686,7 @@ impl Bench<'_> {
                 "keep",
                 "second read, keep mode: page cache holds it",
             ),
-            |c| workload::seq_read(&null, SEQ_BLOCK, c),
+            |c| workload::repeat(secs, c, || {}, |c| workload::seq_read(&null, SEQ_BLOCK, c)),
         )
     }
 }
@@ -725,6 +766,8 @@ fn run_in(
         bail!("--seconds must be a positive number");
     }
     let mut notes = Vec::new();
+    let busy0 = sys::machine_busy_seconds();
+    let cpu0 = sys::cpu_seconds();
     let ctx = Ctx {
         stop,
         label: "generating model directory".into(),
@@ -897,6 +940,10 @@ fn run_in(
         r.label = r.label.replace("×N", &format!("×{threads}"));
     }
     let ratios = report::ratios(&rows);
+    let own = sys::cpu_seconds();
+    let others =
+        (sys::machine_busy_seconds() - busy0 - (own.0 - cpu0.0) - (own.1 - cpu0.1)).max(0.0);
+    let wall = t_start.elapsed().as_secs_f64();
     let report = Report {
         version: 1,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -904,6 +951,8 @@ fn run_in(
         total_seconds: t_start.elapsed().as_secs_f64(),
         machine,
         loadavg_at_end: sys::loadavg(),
+        others_cpu_s_total: others,
+        others_share_total: others / (wall * cores as f64).max(1e-9),
         source_fs,
         source_device,
         flags: Flags {
@@ -938,7 +987,8 @@ fn run_in(
     print!("{}", report::table(&report));
     print!("{}", summary(&report));
     if let Some(p) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
+        // Compact: the histograms make a pretty-printed file several times larger.
+        let text = serde_json::to_string(&report)?;
         std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
         eprintln!("nitro-uring bench: wrote {}", p.display());
     }
@@ -1012,6 +1062,12 @@ fn summary(r: &Report) -> String {
         r.files.len(),
         r.source_fs,
         r.source_device
+    );
+    let _ = writeln!(
+        s,
+        "CPU time outside this process during the run: {:.1} s ({:.0}% of the machine); rows with a high 'other' share were disturbed",
+        r.others_cpu_s_total,
+        r.others_share_total * 100.0
     );
     let verdict = |v: Option<f64>, target: f64| match v {
         Some(v) if v >= target => "meets",

@@ -51,6 +51,11 @@ pub struct Row {
     pub cpu_user_s: f64,
     pub cpu_sys_s: f64,
     pub cpu_s: f64,
+    /// CPU seconds used outside this process during the row (other processes, kernel threads):
+    /// the machine's busy time minus ours.
+    pub others_cpu_s: f64,
+    /// The same as a share of the machine (cores × wall time): how disturbed the row was.
+    pub others_share: f64,
     pub latency_ns: Option<Latency>,
     /// Every recorded latency bucket: [value_ns, count], value = highest value equivalent to the bucket.
     pub histogram_ns: Vec<[u64; 2]>,
@@ -88,6 +93,7 @@ impl Row {
             .map(|v| [v.value_iterated_to(), v.count_at_value()])
             .collect();
         let secs = m.seconds.max(1e-9);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         Row {
             workload: spec.workload.into(),
             label: spec.label.into(),
@@ -106,6 +112,8 @@ impl Row {
             cpu_user_s: m.cpu_user,
             cpu_sys_s: m.cpu_sys,
             cpu_s: m.cpu_user + m.cpu_sys,
+            others_cpu_s: m.others_cpu,
+            others_share: m.others_cpu / (secs * cores),
             latency_ns: latency,
             histogram_ns,
             mount_stats: None,
@@ -132,6 +140,8 @@ impl Row {
             cpu_user_s: 0.0,
             cpu_sys_s: 0.0,
             cpu_s: 0.0,
+            others_cpu_s: 0.0,
+            others_share: 0.0,
             latency_ns: None,
             histogram_ns: Vec::new(),
             mount_stats: None,
@@ -227,6 +237,9 @@ pub struct Report {
     pub total_seconds: f64,
     pub machine: Machine,
     pub loadavg_at_end: String,
+    /// CPU seconds other processes used over the whole run, and as a share of cores × wall time.
+    pub others_cpu_s_total: f64,
+    pub others_share_total: f64,
     pub source_fs: String,
     pub source_device: String,
     pub flags: Flags,
@@ -266,7 +279,7 @@ pub fn table(report: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<26} {:<8} {:<12} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  {:>7} {:>8}",
+        "{:<26} {:<8} {:<9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}  {:>7} {:>8}",
         "workload",
         "target",
         "mode",
@@ -277,6 +290,7 @@ pub fn table(report: &Report) -> String {
         "p99.9",
         "max",
         "CPU s",
+        "other",
         "mnt/src",
         "mnt/ceil"
     );
@@ -310,7 +324,7 @@ pub fn table(report: &Report) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<26} {:<8} {:<12} {:>7.2} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6.2}  {:>7} {:>8}",
+            "{:<26} {:<8} {:<9} {:>7.2} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6.2} {:>6}  {:>7} {:>8}",
             name,
             r.target,
             mode,
@@ -321,11 +335,22 @@ pub fn table(report: &Report) -> String {
             lat(|l| l.p999),
             lat(|l| l.max),
             r.cpu_s,
+            // /proc/stat counts 10 ms ticks: too coarse for a share of a short row.
+            if r.seconds >= 0.25 {
+                format!("{:.0}%", r.others_share * 100.0)
+            } else {
+                "-".into()
+            },
             rs,
             rc
         );
     }
-    s
+    let _ = writeln!(
+        s,
+        "(mode: how the source was read, or the FUSE cache mode; CPU s: this process, daemon included; \
+         other: CPU time outside this process during the row — other processes, kernel threads — as a share of the machine)"
+    );
+    s.lines().map(|l| l.trim_end().to_string() + "\n").collect()
 }
 
 fn short_access(a: &str) -> String {
@@ -458,9 +483,10 @@ pub fn svg(report: &Report) -> String {
         for d in 0..=XDEC as usize {
             let x = px(d as f64);
             let lbl = ["0%", "90%", "99%", "99.9%", "99.99%"][d];
+            let anchor = if d == XDEC as usize { "end" } else { "middle" };
             let _ = writeln!(
                 s,
-                r##"<line x1="{x}" y1="{}" x2="{x}" y2="{}" stroke="#eee"/><text x="{x}" y="{}" text-anchor="middle" fill="#555">{lbl}</text>"##,
+                r##"<line x1="{x}" y1="{}" x2="{x}" y2="{}" stroke="#eee"/><text x="{x}" y="{}" text-anchor="{anchor}" fill="#555">{lbl}</text>"##,
                 oy + MT,
                 oy + MT + ph,
                 oy + MT + ph + 13.0

@@ -32,9 +32,50 @@ pub struct Measurement {
     pub seconds: f64,
     pub cpu_user: f64,
     pub cpu_sys: f64,
+    /// CPU seconds the rest of the machine (other processes) used meanwhile: disturbance.
+    pub others_cpu: f64,
     pub hist: Histogram<u64>,
     /// How the files were opened, as actually done ("O_DIRECT", or "buffered (O_DIRECT refused)").
     pub access: String,
+}
+
+impl Measurement {
+    /// Adds another run of the same workload (another pass).
+    pub fn merge(mut self, other: Measurement) -> Measurement {
+        self.bytes += other.bytes;
+        self.ops += other.ops;
+        self.seconds += other.seconds;
+        self.cpu_user += other.cpu_user;
+        self.cpu_sys += other.cpu_sys;
+        self.others_cpu += other.others_cpu;
+        self.hist.add(&other.hist).expect("same bounds");
+        self
+    }
+}
+
+/// Runs `pass` again and again until the passes add up to `min_seconds` (at least once), calling
+/// `between` before each pass, outside the timing (to drop a page cache, say). One pass over an
+/// in-memory gigabyte takes a tenth of a second, too short to rise above scheduling noise.
+pub fn repeat(
+    min_seconds: f64,
+    ctx: &Ctx<'_>,
+    mut between: impl FnMut(),
+    mut pass: impl FnMut(&Ctx<'_>) -> Result<Measurement>,
+) -> Result<Measurement> {
+    let mut total: Option<Measurement> = None;
+    loop {
+        ctx.check()?;
+        between();
+        let m = pass(ctx)?;
+        let t = match total.take() {
+            None => m,
+            Some(t) => t.merge(m),
+        };
+        if t.seconds >= min_seconds || t.bytes == 0 {
+            return Ok(t);
+        }
+        total = Some(t);
+    }
 }
 
 /// One file of a target: its path there and its size.
@@ -218,24 +259,30 @@ fn access_name(wanted_direct: bool, got_direct: bool) -> String {
 struct Clock {
     t0: Instant,
     cpu0: (f64, f64),
+    busy0: f64,
 }
 
 impl Clock {
     fn start() -> Clock {
         Clock {
             cpu0: cpu_seconds(),
+            busy0: super::sys::machine_busy_seconds(),
             t0: Instant::now(),
         }
     }
     fn finish(self, bytes: u64, ops: u64, hist: Histogram<u64>, access: String) -> Measurement {
         let seconds = self.t0.elapsed().as_secs_f64();
         let cpu = cpu_seconds();
+        let busy = super::sys::machine_busy_seconds() - self.busy0;
+        let (cpu_user, cpu_sys) = (cpu.0 - self.cpu0.0, cpu.1 - self.cpu0.1);
         Measurement {
             bytes,
             ops,
             seconds,
-            cpu_user: cpu.0 - self.cpu0.0,
-            cpu_sys: cpu.1 - self.cpu0.1,
+            cpu_user,
+            cpu_sys,
+            // /proc/stat counts in 10 ms ticks and getrusage in µs: clamp the rounding below zero.
+            others_cpu: (busy - cpu_user - cpu_sys).max(0.0),
             hist,
             access,
         }
@@ -265,11 +312,12 @@ pub fn seq_read(files: &[FileRef], block: usize, ctx: &Ctx<'_>) -> Result<Measur
             let n = file
                 .read(buf)
                 .with_context(|| format!("read {}", f.path.display()))?;
-            hist.saturating_record(elapsed_ns(t));
-            ops += 1;
             if n == 0 {
+                // The end-of-file read is part of the wall time, not a sample: it moves no data.
                 break;
             }
+            hist.saturating_record(elapsed_ns(t));
+            ops += 1;
             bytes += n as u64;
             progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -295,10 +343,12 @@ pub fn model_load(files: &[FileRef], block: usize, ctx: &Ctx<'_>) -> Result<Meas
             let n = file
                 .read(&mut buf[..want])
                 .with_context(|| format!("read {}", f.path.display()))?;
-            hist.saturating_record(elapsed_ns(t));
-            ops += 1;
-            bytes += n as u64;
-            progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            if n > 0 {
+                hist.saturating_record(elapsed_ns(t));
+                ops += 1;
+                bytes += n as u64;
+                progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
             Ok(n)
         };
         if f.path.extension().is_some_and(|e| e == "safetensors") && f.size >= 8 {
