@@ -94,10 +94,9 @@ pub enum Msg {
     DropCorrupt {
         key: Key,
     },
-    /// A source file changed: drop the chunks of its old version and the kernel's pages.
+    /// A source file changed: drop the chunks of its old version.
     Purge {
         file_id: u64,
-        fuse_ino: u64,
     },
     Shutdown,
 }
@@ -258,7 +257,6 @@ pub struct Engine {
     shared: Arc<Shared>,
     ring: Ring,
     rx: Receiver<Msg>,
-    notifier: Option<crossbeam_channel::Sender<u64>>,
     policy: S3Fifo,
     free_slots: Vec<u32>,
     fills: Vec<Option<Fill>>,
@@ -318,25 +316,8 @@ impl Engine {
             shared,
             ring,
             rx,
-            notifier: None,
         };
         Ok((engine, waker))
-    }
-
-    /// Lets purges drop the kernel's cached pages too (the notifier exists once mounted).
-    pub fn with_notifier(mut self, notifier: fuser::Notifier) -> Engine {
-        let (tx, rx) = crossbeam_channel::bounded::<u64>(1024);
-        let spawned = std::thread::Builder::new()
-            .name("nitro-inval".into())
-            .spawn(move || {
-                for ino in rx {
-                    let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
-                }
-            });
-        if spawned.is_ok() {
-            self.notifier = Some(tx);
-        }
-        self
     }
 
     /// Runs until `Msg::Shutdown` (or every sender is gone) and all reads in flight are done.
@@ -411,7 +392,7 @@ impl Engine {
                     }
                 }
             }
-            Msg::Purge { file_id, fuse_ino } => self.purge(file_id, fuse_ino),
+            Msg::Purge { file_id } => self.purge(file_id),
             Msg::DropCorrupt { key } => self.drop_key(key),
             Msg::Shutdown => {}
         }
@@ -861,7 +842,11 @@ impl Engine {
         }
     }
 
-    fn purge(&mut self, file_id: u64, fuse_ino: u64) {
+    /// Drops the chunks of a file version that changed. The kernel's side needs nothing from here:
+    /// the open that noticed the change invalidated the inode's attributes and, by not setting
+    /// FOPEN_KEEP_CACHE, its pages. (An asynchronous page invalidation from here raced with
+    /// mmap faults of the new version and was removed.)
+    fn purge(&mut self, file_id: u64) {
         let shared = self.shared.clone();
         let index = &shared.index;
         let mut dropped = 0u64;
@@ -878,12 +863,6 @@ impl Engine {
             }
         }
         self.sources.remove(&file_id);
-        if let Some(n) = &self.notifier {
-            // Never from this thread: invalidation waits for locked pages whose reads only this
-            // thread can complete. A full queue only skips the extra invalidation; the open that
-            // noticed the change already dropped the pages (no FOPEN_KEEP_CACHE on that open).
-            let _ = n.try_send(fuse_ino);
-        }
         tracing::debug!("purged {dropped} chunks of file id {file_id}");
     }
 }

@@ -100,6 +100,8 @@ pub struct NitroFs {
     dirs: Mutex<HashMap<u64, Arc<Vec<DirItem>>>>,
     next_fh: AtomicU64,
     next_file_id: AtomicU64,
+    /// Set once the session exists; used to drop the kernel's cached attributes of a changed file.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 struct DirItem {
@@ -120,6 +122,7 @@ impl NitroFs {
         tx: Sender<Msg>,
         waker: Waker,
         opts: Options,
+        notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     ) -> std::io::Result<NitroFs> {
         let meta = std::fs::metadata(&root)?;
         let root_identity = (meta.dev(), meta.ino());
@@ -149,6 +152,7 @@ impl NitroFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             next_file_id: AtomicU64::new(1),
+            notifier,
         })
     }
 
@@ -261,7 +265,6 @@ impl NitroFs {
             tracing::info!("INVALIDATE {} (source changed)", old.name);
             self.send(Msg::Purge {
                 file_id: old.file_id,
-                fuse_ino: ino.0,
             });
         } else {
             tracing::info!("OPEN {} ({} MiB)", src.name, src.size >> 20);
@@ -460,6 +463,12 @@ impl Filesystem for NitroFs {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        // Keep mode: refresh attributes on reads and drop pages whose mtime/size changed.
+        let wanted = if self.opts.cache_mode == CacheMode::Keep {
+            wanted | InitFlags::FUSE_AUTO_INVAL_DATA
+        } else {
+            wanted
+        };
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
         if !supported.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
@@ -531,6 +540,12 @@ impl Filesystem for NitroFs {
                 prefetched_to: AtomicU64::new(0),
             }),
         );
+        if changed && let Some(n) = self.notifier.get() {
+            // Attributes only (offset < 0): the kernel takes no page or inode lock for that, so it
+            // is safe inside a request. Without it, fstat after this open (llama.cpp's
+            // open/fstat/mmap) would report the old size until the attr TTL runs out.
+            let _ = n.inval_inode(ino, -1, 0);
+        }
         let open_flags = match self.opts.cache_mode {
             CacheMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
             // Without KEEP_CACHE the kernel drops the inode's pages on open: exactly what a changed

@@ -396,12 +396,14 @@ impl Mounted {
 
         let (engine, waker) = Engine::new(shared.clone(), rx, 64)
             .map_err(|e| anyhow!("io_uring unavailable: {e}"))?;
+        let notifier_slot = Arc::new(std::sync::OnceLock::new());
         let fs = NitroFs::new(
             source.clone(),
             shared.clone(),
             tx.clone(),
             waker.clone(),
             fs_opts,
+            notifier_slot.clone(),
         )?;
         let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config).map_err(|e| {
             if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -413,7 +415,7 @@ impl Mounted {
                 anyhow!("mount at {} failed: {e}", cfg.mountpoint.display())
             }
         })?;
-        let engine = engine.with_notifier(session.notifier());
+        let _ = notifier_slot.set(session.notifier());
         let unmounter = session.unmount_callable();
         let engine = std::thread::Builder::new()
             .name("nitro-ring".into())
