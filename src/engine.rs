@@ -545,12 +545,12 @@ impl Engine {
         }
     }
 
-    /// A victim of the policy: compressed back into the arena (main queue, freq 0) when that pays,
-    /// else dropped. Compressed victims are dropped: each chunk is compressed at most once per
-    /// residency. Scan resistance holds because a compressed entry that is not touched again is
-    /// dropped when it reaches the head of main, while touched hot entries are passed over.
+    /// A victim of the policy: compressed back into the arena (main queue, freq 0) when it came
+    /// from main (it was reused: a ghost hit or a second touch) and compression pays, else
+    /// dropped. One-pass scans leave from the small queue and cost no compression work; a
+    /// compressed victim is dropped, so each chunk is compressed at most once per residency.
     fn retire(&mut self, v: Victim) {
-        if v.view.form == Form::Raw && self.compress(&v) {
+        if v.from_main && v.view.form == Form::Raw && self.compress(&v) {
             return;
         }
         self.forget_block(v.view);
