@@ -80,6 +80,8 @@ pub enum CompressMode {
 pub enum Msg {
     Read {
         src: Arc<Source>,
+        /// The open handle asking (for access counting); 0 for none.
+        fh: u64,
         offset: u64,
         size: u32,
         reply: ReplyData,
@@ -87,6 +89,7 @@ pub enum Msg {
     /// Fill chunks `first..=last` ahead of a sequential reader.
     Prefetch {
         src: Arc<Source>,
+        fh: u64,
         first: u64,
         last: u64,
     },
@@ -191,7 +194,7 @@ impl Shared {
 
     /// Copies `[offset, offset+out.len())` of `src` from pinned chunks into `out` (decoding
     /// compressed ones). Used by both the FUSE hit path and the engine.
-    pub fn copy_cached(&self, src: &Source, offset: u64, out: &mut [u8], touch: bool) -> Copied {
+    pub fn copy_cached(&self, src: &Source, offset: u64, out: &mut [u8], toucher: u64) -> Copied {
         let end = offset + out.len() as u64;
         let mut pos = offset;
         while pos < end {
@@ -200,7 +203,7 @@ impl Shared {
                 file: src.file_id,
                 chunk,
             };
-            let Some(pin) = self.index.pin(key, touch) else {
+            let Some(pin) = self.index.pin(key, toucher) else {
                 return Copied::Missing;
             };
             let view = pin.view();
@@ -231,6 +234,7 @@ impl Shared {
 /// A request parked until a chunk it needs is filled.
 struct Waiter {
     src: Arc<Source>,
+    fh: u64,
     offset: u64,
     size: u32,
     reply: ReplyData,
@@ -244,6 +248,8 @@ struct Fill {
     slot: u32,
     block: Block,
     src: Arc<Source>,
+    /// The handle whose read or prefetch started this fill.
+    filler: u64,
     /// Logical bytes of the chunk (short for the last chunk of a file).
     want_bytes: u32,
     done_bytes: u32,
@@ -357,12 +363,14 @@ impl Engine {
         match msg {
             Msg::Read {
                 src,
+                fh,
                 offset,
                 size,
                 reply,
             } => {
                 let w = self.park(Waiter {
                     src,
+                    fh,
                     offset,
                     size,
                     reply,
@@ -371,7 +379,12 @@ impl Engine {
                 });
                 self.evaluate(w);
             }
-            Msg::Prefetch { src, first, last } => {
+            Msg::Prefetch {
+                src,
+                fh,
+                first,
+                last,
+            } => {
                 let last_chunk = src.size.saturating_sub(1) / self.shared.chunk_bytes;
                 for chunk in first..=last.min(last_chunk) {
                     if self.in_flight.len() >= self.readahead_fills {
@@ -382,7 +395,7 @@ impl Engine {
                         chunk,
                     };
                     if !self.in_flight.contains_key(&key) && !self.shared.index.contains(key) {
-                        if self.start_fill(&src, key).is_none() {
+                        if self.start_fill(&src, key, fh).is_none() {
                             break;
                         }
                         self.shared
@@ -421,9 +434,9 @@ impl Engine {
     /// Serves the parked request if all its chunks are cached, else makes sure the first missing
     /// one is being filled and parks the request on it.
     fn evaluate(&mut self, wi: u32) {
-        let (src, offset, size, rounds) = {
+        let (src, fh, offset, size, rounds) = {
             let w = self.waiters[wi as usize].as_ref().expect("parked");
-            (w.src.clone(), w.offset, w.size, w.rounds)
+            (w.src.clone(), w.fh, w.offset, w.size, w.rounds)
         };
         let end = offset + u64::from(size);
         let first = self.shared.chunk_of(offset);
@@ -439,14 +452,14 @@ impl Engine {
                     missing = Some(key);
                 } else if !self.in_flight.contains_key(&key) {
                     // Fill the other chunks of a spanning read in parallel.
-                    let _ = self.start_fill(&src, key);
+                    let _ = self.start_fill(&src, key, fh);
                 }
             }
         }
         let Some(key) = missing else {
             // Only this thread evicts, so what is present now stays present while we copy.
             let out = &mut self.scratch[..size as usize];
-            match self.shared.copy_cached(&src, offset, out, false) {
+            match self.shared.copy_cached(&src, offset, out, 0) {
                 Copied::Done => {
                     let w = self.unpark(wi);
                     w.reply.data(&self.scratch[..size as usize]);
@@ -476,7 +489,7 @@ impl Engine {
         }
         let fill = match self.in_flight.get(&key) {
             Some(&f) => Some(f),
-            None => self.start_fill(&src, key),
+            None => self.start_fill(&src, key, fh),
         };
         match fill {
             Some(f) => {
@@ -632,7 +645,7 @@ impl Engine {
         }
         let stored = view.stored_bytes();
         self.shared.index.set(v.slot, key, view);
-        self.shared.index.publish(v.slot, key);
+        self.shared.index.publish(v.slot, key, 0);
         self.policy.insert_main(v.slot, stored as u32);
         let s = &self.shared.stats;
         s.compressions.fetch_add(1, Ordering::Relaxed);
@@ -663,7 +676,7 @@ impl Engine {
 
     /// Drops one chunk from the cache (a corrupt compressed chunk), if nobody holds it.
     fn drop_key(&mut self, key: Key) {
-        let slot = match self.shared.index.pin(key, false) {
+        let slot = match self.shared.index.pin(key, 0) {
             Some(pin) => pin.slot(),
             None => return,
         };
@@ -688,7 +701,7 @@ impl Engine {
     }
 
     /// Starts filling `key` from `src`. None if the fill table is full or no space can be made.
-    fn start_fill(&mut self, src: &Arc<Source>, key: Key) -> Option<u32> {
+    fn start_fill(&mut self, src: &Arc<Source>, key: Key, filler: u64) -> Option<u32> {
         debug_assert!(!self.in_flight.contains_key(&key));
         let chunk_start = key.chunk * self.shared.chunk_bytes;
         if chunk_start >= src.size {
@@ -711,6 +724,7 @@ impl Engine {
             slot,
             block,
             src: src.clone(),
+            filler,
             want_bytes: want as u32,
             done_bytes: 0,
             direct,
@@ -814,7 +828,7 @@ impl Engine {
         }
         let view = SlotView::raw(fill.block, fill.want_bytes as usize);
         self.shared.index.set(fill.slot, fill.key, view);
-        self.shared.index.publish(fill.slot, fill.key);
+        self.shared.index.publish(fill.slot, fill.key, fill.filler);
         self.policy.insert(
             fill.slot,
             fill.key.hash64(),

@@ -69,9 +69,6 @@ struct Node {
 struct Handle {
     src: Arc<Source>,
     next_offset: AtomicU64,
-    /// Last chunk this handle touched: repeated requests inside one chunk count as one access, so
-    /// a sequential scan does not look "hot" to the eviction policy.
-    last_chunk: AtomicU64,
     /// Prefetch has been requested up to this chunk (exclusive).
     prefetched_to: AtomicU64,
 }
@@ -309,7 +306,7 @@ impl NitroFs {
     }
 
     /// Requests fills ahead of a sequential reader, once per chunk boundary it crosses.
-    fn maybe_prefetch(&self, h: &Handle, offset: u64, end: u64) {
+    fn maybe_prefetch(&self, h: &Handle, fh: u64, offset: u64, end: u64) {
         if self.opts.readahead_bytes == 0 {
             return;
         }
@@ -325,6 +322,7 @@ impl NitroFs {
             h.prefetched_to.store(to, Ordering::Relaxed);
             self.send(Msg::Prefetch {
                 src: h.src.clone(),
+                fh,
                 first: from.max(done),
                 last: to - 1,
             });
@@ -536,7 +534,6 @@ impl Filesystem for NitroFs {
             Arc::new(Handle {
                 src,
                 next_offset: AtomicU64::new(0),
-                last_chunk: AtomicU64::new(u64::MAX),
                 prefetched_to: AtomicU64::new(0),
             }),
         );
@@ -579,14 +576,15 @@ impl Filesystem for NitroFs {
         let shared = &*self.shared;
         let first = shared.chunk_of(offset);
         let last = shared.chunk_of(end - 1);
-        let touch = h.last_chunk.swap(last, Ordering::Relaxed) != first;
-        self.maybe_prefetch(&h, offset, end);
+        // Accesses count once per open handle (see `index::Slot::last_toucher`).
+        let toucher = fh.0;
+        self.maybe_prefetch(&h, fh.0, offset, end);
         if first == last {
             let key = Key {
                 file: src.file_id,
                 chunk: first,
             };
-            if let Some(pin) = shared.index.pin(key, touch) {
+            if let Some(pin) = shared.index.pin(key, toucher) {
                 let view = pin.view();
                 let start = (offset - first * shared.chunk_bytes) as usize;
                 if view.form == crate::index::Form::Raw {
@@ -623,7 +621,7 @@ impl Filesystem for NitroFs {
                     s.resize(shared.max_request_bytes.max(size as usize), 0);
                 }
                 let out = &mut s[..size as usize];
-                match shared.copy_cached(src, offset, out, touch) {
+                match shared.copy_cached(src, offset, out, toucher) {
                     Copied::Done => {
                         if let Some(reply) = pending.take() {
                             shared.stats.hits.fetch_add(1, Ordering::Relaxed);
@@ -643,6 +641,7 @@ impl Filesystem for NitroFs {
         shared.stats.misses.fetch_add(1, Ordering::Relaxed);
         self.send(Msg::Read {
             src: src.clone(),
+            fh: fh.0,
             offset,
             size,
             reply,

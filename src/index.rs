@@ -79,6 +79,11 @@ pub struct Slot {
     pins: AtomicU32,
     /// Saturating access count for S3-FIFO (0..=3).
     freq: AtomicU8,
+    /// The open file handle that last counted an access (starting with the one whose read or
+    /// prefetch filled the chunk). Accesses count once per handle: a 1 MiB chunk read in eight
+    /// requests, possibly out of order, by one `cat` is one use, and the filler's own reads of a
+    /// chunk it prefetched are no reuse. A second open reading it is.
+    last_toucher: AtomicU64,
     form: AtomicU8,
     block_offset: AtomicU64,
     block_pages: AtomicU32,
@@ -201,6 +206,7 @@ impl Index {
             .map(|_| Slot {
                 pins: AtomicU32::new(0),
                 freq: AtomicU8::new(0),
+                last_toucher: AtomicU64::new(0),
                 form: AtomicU8::new(0),
                 block_offset: AtomicU64::new(0),
                 block_pages: AtomicU32::new(0),
@@ -226,14 +232,16 @@ impl Index {
         &self.shards[(key.hash64() & self.shard_mask) as usize]
     }
 
-    /// Pins the chunk if cached. `touch` counts the access for eviction.
-    pub fn pin(&self, key: Key, touch: bool) -> Option<Pin<'_>> {
+    /// Pins the chunk if cached. `toucher` (an open handle id, 0 for none) counts the access for
+    /// eviction, once per handle.
+    pub fn pin(&self, key: Key, toucher: u64) -> Option<Pin<'_>> {
         let shard = self.shard(key).read();
         let slot = *shard.get(&key)?;
         let s = &self.slots[slot as usize];
         s.pins.fetch_add(1, Ordering::Acquire);
         drop(shard);
-        if touch {
+        if toucher != 0 && s.last_toucher.load(Ordering::Relaxed) != toucher {
+            s.last_toucher.store(toucher, Ordering::Relaxed);
             let f = s.freq.load(Ordering::Relaxed);
             if f < 3 {
                 // A lost race only loses one count; it is a hint.
@@ -295,10 +303,12 @@ impl Index {
         }
     }
 
-    /// Owner only: makes a filled slot visible to readers.
-    pub fn publish(&self, slot: u32, key: Key) {
+    /// Owner only: makes a filled slot visible to readers. `filler`: the handle whose read or
+    /// prefetch brought the chunk in (its own accesses do not count as reuse).
+    pub fn publish(&self, slot: u32, key: Key, filler: u64) {
         let s = &self.slots[slot as usize];
         s.freq.store(0, Ordering::Relaxed);
+        s.last_toucher.store(filler, Ordering::Relaxed);
         let old = self.shard(key).write().insert(key, slot);
         assert!(old.is_none(), "key {key:?} published twice");
     }
@@ -371,14 +381,17 @@ mod tests {
         let index = Index::new(8, 4);
         let key = Key { file: 1, chunk: 2 };
         index.set(3, key, view(4096));
-        index.publish(3, key);
-        let pin = index.pin(key, true).expect("cached");
+        index.publish(3, key, 7);
+        let pin = index.pin(key, 7).expect("cached");
         assert_eq!(pin.view().block.offset, 4096);
-        assert_eq!(index.freq(3), 1);
+        assert_eq!(index.freq(3), 0, "the filler's own access is no reuse");
+        drop(index.pin(key, 8));
+        drop(index.pin(key, 8));
+        assert_eq!(index.freq(3), 1, "another handle's access counts, once");
         assert!(index.try_remove(3).is_none(), "pinned");
         drop(pin);
         assert!(index.try_remove(3).is_some());
-        assert!(index.pin(key, false).is_none());
+        assert!(index.pin(key, 0).is_none());
     }
 
     #[test]
@@ -390,7 +403,7 @@ mod tests {
                 chunk: u64::from(slot),
             };
             index.set(slot, key, view(u64::from(slot) * 4096));
-            index.publish(slot, key);
+            index.publish(slot, key, 0);
         }
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -401,7 +414,7 @@ mod tests {
                             file: 7,
                             chunk: (i * 7 + t) % 64,
                         };
-                        let pin = index.pin(key, false).expect("cached");
+                        let pin = index.pin(key, 0).expect("cached");
                         assert_eq!(pin.view().block.offset, key.chunk * 4096);
                     }
                 })

@@ -371,7 +371,10 @@ impl Mounted {
         // filesystem a waker through a ring built here.
         let fs_opts = Options {
             cache_mode: cfg.cache_mode,
-            readahead_bytes: cfg.readahead_bytes,
+            // New chunks wait in S3-FIFO's small queue (10% of the pool); prefetch deeper than
+            // that would evict what it fetched before the reader gets there, and the refill would
+            // look like reuse to the policy. Only matters for tiny pools.
+            readahead_bytes: cfg.readahead_bytes.min(cfg.pool_bytes / 16),
             attr_ttl: Duration::from_secs(1),
         };
         let mut options = vec![

@@ -248,7 +248,7 @@ mod tests {
                 1,
             ),
         );
-        index.publish(slot, key);
+        index.publish(slot, key, 0);
         policy.insert(slot, key.hash64(), 1);
     }
 
@@ -260,8 +260,10 @@ mod tests {
         let mut policy = S3Fifo::new(capacity);
         let mut free: Vec<u32> = (0..capacity).rev().collect();
         let hot: Vec<Key> = (0..50).map(|c| Key { file: 1, chunk: c }).collect();
+        let toucher = std::cell::Cell::new(1u64);
         let get = |key: Key, policy: &mut S3Fifo, free: &mut Vec<u32>| {
-            if index.pin(key, true).is_some() {
+            toucher.set(toucher.get() + 1);
+            if index.pin(key, toucher.get()).is_some() {
                 return true;
             }
             let slot = match free.pop() {
@@ -305,7 +307,7 @@ mod tests {
                 },
             );
         }
-        let pin = index.pin(Key { file: 9, chunk: 0 }, false).expect("cached");
+        let pin = index.pin(Key { file: 9, chunk: 0 }, 0).expect("cached");
         assert_eq!(index.try_remove(1).map(|v| v.block.offset), Some(4096));
         policy.remove(1);
         let v = policy.evict(&index).expect("victim");
