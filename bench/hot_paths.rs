@@ -43,7 +43,7 @@ fn filled(chunks: u32) -> (Arena, Index) {
         };
         let view = SlotView::raw(block, CHUNK);
         index.set(c, key, view);
-        index.publish(c, key);
+        index.publish(c, key, 0);
     }
     (arena, index)
 }
@@ -73,7 +73,7 @@ mod arena_hit_copy {
                 chunk: r % u64::from(CHUNKS),
             };
             let start = ((r >> 32) as usize % (CHUNK - size + 1)) & !4095;
-            let pin = index.pin(key, true).expect("cached");
+            let pin = index.pin(key, 1).expect("cached");
             let view = pin.view();
             // SAFETY: pinned, published, never written again in this benchmark.
             let bytes = unsafe { arena.bytes(view.block, view.len) };
@@ -92,7 +92,7 @@ mod arena_hit_copy {
             let first = xorshift(&mut state) % u64::from(CHUNKS - 1);
             let half = CHUNK / 2;
             for (i, c) in [first, first + 1].into_iter().enumerate() {
-                let pin = index.pin(Key { file: 1, chunk: c }, true).expect("cached");
+                let pin = index.pin(Key { file: 1, chunk: c }, 1).expect("cached");
                 let view = pin.view();
                 // SAFETY: as above.
                 let bytes = unsafe { arena.bytes(view.block, view.len) };
@@ -126,7 +126,7 @@ mod index_pin {
             };
             let view = SlotView::raw(block, CHUNK);
             index.set(c, key, view);
-            index.publish(c, key);
+            index.publish(c, key, 0);
         }
         index
     }
@@ -146,7 +146,7 @@ mod index_pin {
                 }
             })
             .bench_values(|key| {
-                let pin = index.pin(key, true).expect("present");
+                let pin = index.pin(key, 1).expect("present");
                 divan::black_box(pin.view().len)
             });
     }
@@ -157,7 +157,7 @@ mod index_pin {
         let index = index();
         let key = Key { file: 7, chunk: 42 };
         bencher.bench(|| {
-            let pin = index.pin(key, true).expect("present");
+            let pin = index.pin(key, 1).expect("present");
             divan::black_box(pin.view().len)
         });
     }

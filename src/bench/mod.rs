@@ -60,6 +60,9 @@ pub struct BenchArgs {
     /// Seconds each timed row (random reads, mmap random) runs per target (default 2; --quick 0.25)
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Rounds the warm rows are split into, the targets taking turns (default 4; --quick 2)
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Folder for the temporary directory (default: $TMPDIR, or /var/tmp when /tmp is a tmpfs)
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -187,6 +190,7 @@ struct Bench<'a> {
     fuse_threads: usize,
     threads: usize,
     seconds: f64,
+    rounds: usize,
     drop_ok: Result<(), String>,
     rows: Vec<Row>,
     notes: Vec<String>,
@@ -204,6 +208,9 @@ fn drop_list(files: &[FileRef]) {
         let _ = sys::drop_file_cache(&f.path);
     }
 }
+
+/// One target's run of a workload: called once per round with the round number.
+type Runner = Box<dyn FnMut(&Ctx<'_>, usize) -> Result<Measurement>>;
 
 fn selected(args: &BenchArgs, id: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|o| o == id)
@@ -339,12 +346,6 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn drop_files(&self, t: Target) {
-        for f in self.files_of(t) {
-            let _ = sys::drop_file_cache(&f.path);
-        }
-    }
-
     /// Runs one measurement and records its row (with the mount's counters for mount rows).
     fn measure(
         &mut self,
@@ -361,9 +362,26 @@ impl Bench<'_> {
             spec.target
         );
         let m = f(&self.ctx(label.clone()))?;
-        let mut row = Row::measured(&spec, m);
+        self.record(&spec, m, before);
+        Ok(())
+    }
+
+    /// Turns a measurement into a row (with the mount's counters since `before` for mount rows),
+    /// prints its one-line summary and keeps it.
+    fn record(&mut self, spec: &RowSpec<'_>, m: Measurement, before: Option<StatsSnapshot>) {
+        let label = format!(
+            "{} · {}",
+            spec.label.replace("×N", &format!("×{}", self.threads)),
+            spec.target
+        );
+        let mut row = Row::measured(spec, m);
         if let (Some(b), Some((mnt, _))) = (before, self.mount.as_ref()) {
-            row.mount_stats = Some(stats_delta(&b, &mnt.stats()));
+            let mut st = stats_delta(&b, &mnt.stats());
+            // Huge pages under the arena make the kernel's copy out of it cheaper; a pool that got
+            // 4 KiB pages (fragmented memory) is measurably slower, so every mount row says which.
+            st["anon_huge_pages_bytes"] =
+                sys::smaps_rollup_bytes("AnonHugePages").unwrap_or(0).into();
+            row.mount_stats = Some(st);
         }
         eprintln!(
             "  {label:<44} {:>7.2} GB/s  p50 {:>8}  p99 {:>8}  {}",
@@ -377,6 +395,38 @@ impl Bench<'_> {
             row.access
         );
         self.rows.push(row);
+    }
+
+    /// Runs the targets of one workload in interleaved rounds (source, mount, ceiling, source,
+    /// mount, ...), each round getting 1/rounds of the time, and merges each target's rounds. On a
+    /// small shared machine throughput drifts over seconds; interleaving makes the drift hit all
+    /// targets alike, so the ratios hold still even when the absolute numbers move.
+    fn interleave(&mut self, mut entries: Vec<(RowSpec<'static>, Runner)>) -> Result<()> {
+        let rounds = self.rounds;
+        let before = self.mount.as_ref().map(|m| m.0.stats());
+        let mut acc: Vec<Option<Measurement>> = entries.iter().map(|_| None).collect();
+        for round in 0..rounds {
+            for (i, (spec, run)) in entries.iter_mut().enumerate() {
+                self.check()?;
+                let label = format!(
+                    "{} · {} {}/{}",
+                    spec.label.replace("×N", &format!("×{}", self.threads)),
+                    spec.target,
+                    round + 1,
+                    rounds
+                );
+                let m = run(&self.ctx(label), round)?;
+                acc[i] = Some(match acc[i].take() {
+                    None => m,
+                    Some(a) => a.merge(m),
+                });
+            }
+        }
+        for ((spec, _), m) in entries.iter().zip(acc) {
+            let m = m.expect("at least one round");
+            let before = if spec.target == "mount" { before } else { None };
+            self.record(spec, m, before);
+        }
         Ok(())
     }
 
@@ -453,59 +503,50 @@ impl Bench<'_> {
         let id = "arena-seq";
         self.warm_mount()?;
         self.null_mount(CacheMode::Direct)?;
-        let spec = |target, mode, state| RowSpec {
-            workload: id,
-            label: label_of(id),
-            target,
-            cache_mode: mode,
-            state,
-            threads: 1,
-            block_bytes: SEQ_BLOCK as u64,
-        };
-        let secs = self.seconds;
-        let src = self.files_of(Target::Source);
-        self.measure(
-            spec(
-                "source",
-                "-",
-                "source's page cache dropped (reads the disk)",
-            ),
-            |c| {
-                workload::repeat(
-                    secs,
-                    c,
-                    || drop_list(&src),
-                    |c| workload::seq_read(&src, SEQ_BLOCK, c),
-                )
-            },
-        )?;
-        let mnt = self.files_of(Target::Mount);
-        self.measure(
-            spec(
-                "mount",
-                "direct",
-                "arena holds the source; mount's page cache dropped",
-            ),
-            |c| {
-                workload::repeat(
-                    secs,
-                    c,
-                    || drop_list(&mnt),
-                    |c| workload::seq_read(&mnt, SEQ_BLOCK, c),
-                )
-            },
-        )?;
-        let null = self.files_of(Target::Ceiling);
-        self.measure(spec("ceiling", "direct", "-"), |c| {
-            workload::repeat(secs, c, || {}, |c| workload::seq_read(&null, SEQ_BLOCK, c))
-        })
+        let per_round = self.seconds / self.rounds as f64;
+        let mut entries: Vec<(RowSpec<'static>, Runner)> = Vec::new();
+        for t in [Target::Source, Target::Mount, Target::Ceiling] {
+            let (mode, state) = match t {
+                Target::Source => (
+                    "-",
+                    "source's page cache dropped before each pass (reads the disk)",
+                ),
+                Target::Mount => (
+                    "direct",
+                    "arena holds the source; mount's page cache dropped",
+                ),
+                Target::Ceiling => ("direct", "-"),
+            };
+            let files = self.files_of(t);
+            entries.push((
+                RowSpec {
+                    workload: id,
+                    label: label_of(id),
+                    target: t.name(),
+                    cache_mode: mode,
+                    state,
+                    threads: 1,
+                    block_bytes: SEQ_BLOCK as u64,
+                },
+                Box::new(move |c: &Ctx<'_>, _round: usize| {
+                    workload::repeat(
+                        per_round,
+                        c,
+                        || drop_list(&files),
+                        |c| workload::seq_read(&files, SEQ_BLOCK, c),
+                    )
+                }),
+            ));
+        }
+        self.interleave(entries)
     }
 
     fn random(&mut self, id: &'static str, block: usize, threads: usize) -> Result<()> {
         self.warm_mount()?;
         self.null_mount(CacheMode::Direct)?;
-        let budget = Duration::from_secs_f64(self.seconds);
+        let budget = Duration::from_secs_f64(self.seconds / self.rounds as f64);
         let seed = id.len() as u64 * 31 + block as u64;
+        let mut entries: Vec<(RowSpec<'static>, Runner)> = Vec::new();
         for t in [Target::Source, Target::Mount, Target::Ceiling] {
             let files = self.files_of(t);
             let (mode, state) = match t {
@@ -513,102 +554,106 @@ impl Bench<'_> {
                 Target::Mount => ("direct", "arena holds the source"),
                 Target::Ceiling => ("direct", "-"),
             };
-            let spec = RowSpec {
-                workload: id,
-                label: label_of(id),
-                target: t.name(),
-                cache_mode: mode,
-                state,
-                threads,
-                block_bytes: block as u64,
-            };
-            let rs = workload::RandomSpec {
-                block,
-                threads,
-                budget,
-                max_ops: u64::MAX,
-                direct: true,
-                seed,
-            };
-            self.measure(spec, |c| workload::random_read(&files, &rs, c))?;
+            entries.push((
+                RowSpec {
+                    workload: id,
+                    label: label_of(id),
+                    target: t.name(),
+                    cache_mode: mode,
+                    state,
+                    threads,
+                    block_bytes: block as u64,
+                },
+                Box::new(move |c: &Ctx<'_>, round: usize| {
+                    let rs = workload::RandomSpec {
+                        block,
+                        threads,
+                        budget,
+                        max_ops: u64::MAX,
+                        direct: true,
+                        seed: seed + round as u64 * 1_000_003,
+                    };
+                    workload::random_read(&files, &rs, c)
+                }),
+            ));
         }
-        Ok(())
+        self.interleave(entries)
     }
 
     fn mmap(&mut self, id: &'static str) -> Result<()> {
         self.warm_mount()?;
         self.null_mount(CacheMode::Direct)?;
-        let budget = Duration::from_secs_f64(self.seconds);
-        let secs = self.seconds;
+        let per_round = self.seconds / self.rounds as f64;
+        let seq = id == "mmap-seq";
+        let mut entries: Vec<(RowSpec<'static>, Runner)> = Vec::new();
         for t in [Target::Source, Target::Mount, Target::Ceiling] {
-            self.drop_files(t);
             let files = self.files_of(t);
             let (mode, state) = match t {
-                Target::Source => ("-", "source's page cache dropped (faults read the disk)"),
+                Target::Source => (
+                    "-",
+                    "source's page cache dropped before each pass (faults read the disk)",
+                ),
                 Target::Mount => (
                     "direct",
-                    "arena holds the source; mount's page cache dropped",
+                    "arena holds the source; mount's page cache dropped before each pass",
                 ),
-                Target::Ceiling => ("direct", "page cache dropped"),
+                Target::Ceiling => ("direct", "page cache dropped before each pass"),
             };
-            let spec = RowSpec {
-                workload: id,
-                label: label_of(id),
-                target: t.name(),
-                cache_mode: mode,
-                state,
-                threads: 1,
-                block_bytes: if id == "mmap-seq" {
-                    SEQ_BLOCK as u64
-                } else {
-                    sys::PAGE as u64
+            entries.push((
+                RowSpec {
+                    workload: id,
+                    label: label_of(id),
+                    target: t.name(),
+                    cache_mode: mode,
+                    state,
+                    threads: 1,
+                    block_bytes: if seq {
+                        SEQ_BLOCK as u64
+                    } else {
+                        sys::PAGE as u64
+                    },
                 },
-            };
-            if id == "mmap-seq" {
-                self.measure(spec, |c| {
-                    workload::repeat(
-                        secs,
-                        c,
-                        || drop_list(&files),
-                        |c| workload::mmap_seq(&files, SEQ_BLOCK, c),
-                    )
-                })?;
-            } else {
-                self.measure(spec, |c| workload::mmap_rand(&files, budget, 7, c))?;
-            }
-            self.drop_files(t);
+                Box::new(move |c: &Ctx<'_>, round: usize| {
+                    if seq {
+                        workload::repeat(
+                            per_round,
+                            c,
+                            || drop_list(&files),
+                            |c| workload::mmap_seq(&files, SEQ_BLOCK, c),
+                        )
+                    } else {
+                        drop_list(&files);
+                        let budget = Duration::from_secs_f64(per_round);
+                        let m = workload::mmap_rand(&files, budget, 7 + round as u64, c);
+                        drop_list(&files);
+                        m
+                    }
+                }),
+            ));
         }
-        Ok(())
+        self.interleave(entries)
     }
 
     fn load(&mut self, id: &'static str) -> Result<()> {
         let cold = id == "load-cold";
-        let secs = self.seconds;
-        if cold {
-            if let Err(why) = self.drop_ok.clone() {
-                self.skip(id, &format!("cold reads need dropped page caches: {why}"));
-                return Ok(());
-            }
-        } else {
-            self.warm_mount()?;
+        if !cold {
+            return self.load_warm(id);
+        }
+        if let Err(why) = self.drop_ok.clone() {
+            self.skip(id, &format!("cold reads need dropped page caches: {why}"));
+            return Ok(());
         }
         self.null_mount(CacheMode::Direct)?;
         for t in [Target::Source, Target::Mount, Target::Ceiling] {
-            let state = match (t, cold) {
-                (Target::Source, true) => "all page caches dropped",
-                (Target::Source, false) => "source's page cache dropped (reads the disk)",
-                (Target::Mount, true) => "all page caches dropped, fresh mount (empty arena)",
-                (Target::Mount, false) => "arena holds the source; mount's page cache dropped",
-                (Target::Ceiling, _) => "-",
+            let state = match t {
+                Target::Source => "all page caches dropped",
+                Target::Mount => "all page caches dropped, fresh mount (empty arena)",
+                Target::Ceiling => "all page caches dropped",
             };
-            if cold {
-                if t == Target::Mount {
-                    self.fresh_mount(CacheMode::Direct)?;
-                }
-                self.drop_all()?;
-            } else {
-                self.drop_files(t);
+            if t == Target::Mount {
+                self.fresh_mount(CacheMode::Direct)?;
             }
+            self.drop_all()?;
             let files = self.load_order(t);
             let spec = RowSpec {
                 workload: id,
@@ -619,75 +664,94 @@ impl Bench<'_> {
                 threads: 1,
                 block_bytes: LOAD_BLOCK as u64,
             };
-            if cold {
-                self.measure(spec, |c| workload::model_load(&files, LOAD_BLOCK, c))?;
-            } else {
-                self.measure(spec, |c| {
-                    workload::repeat(
-                        secs,
-                        c,
-                        || drop_list(&files),
-                        |c| workload::model_load(&files, LOAD_BLOCK, c),
-                    )
-                })?;
-            }
-            if cold && t == Target::Mount {
+            self.measure(spec, |c| workload::model_load(&files, LOAD_BLOCK, c))?;
+            if t == Target::Mount {
                 self.warm = true;
             }
         }
         Ok(())
     }
 
+    fn load_warm(&mut self, id: &'static str) -> Result<()> {
+        self.warm_mount()?;
+        self.null_mount(CacheMode::Direct)?;
+        let per_round = self.seconds / self.rounds as f64;
+        let mut entries: Vec<(RowSpec<'static>, Runner)> = Vec::new();
+        for t in [Target::Source, Target::Mount, Target::Ceiling] {
+            let state = match t {
+                Target::Source => "source's page cache dropped before each pass (reads the disk)",
+                Target::Mount => "arena holds the source; mount's page cache dropped",
+                Target::Ceiling => "-",
+            };
+            let files = self.load_order(t);
+            entries.push((
+                RowSpec {
+                    workload: id,
+                    label: label_of(id),
+                    target: t.name(),
+                    cache_mode: if t == Target::Source { "-" } else { "direct" },
+                    state,
+                    threads: 1,
+                    block_bytes: LOAD_BLOCK as u64,
+                },
+                Box::new(move |c: &Ctx<'_>, _round: usize| {
+                    workload::repeat(
+                        per_round,
+                        c,
+                        || drop_list(&files),
+                        |c| workload::model_load(&files, LOAD_BLOCK, c),
+                    )
+                }),
+            ));
+        }
+        self.interleave(entries)
+    }
+
     fn pagecache_seq(&mut self) -> Result<()> {
         let id = "pagecache-seq";
-        let secs = self.seconds;
-        let spec = |target, mode, state| RowSpec {
-            workload: id,
-            label: label_of(id),
-            target,
-            cache_mode: mode,
-            state,
-            threads: 1,
-            block_bytes: SEQ_BLOCK as u64,
-        };
-        let src = self.files_of(Target::Source);
-        workload::seq_read(&src, SEQ_BLOCK, &self.ctx("first read · source".into()))?;
-        self.measure(
-            spec("source", "-", "second read: source in the page cache"),
-            |c| workload::repeat(secs, c, || {}, |c| workload::seq_read(&src, SEQ_BLOCK, c)),
-        )?;
+        // Keep mode for the mount and the ceiling: in direct mode a FUSE read never touches the
+        // page cache, so "second read" would just be an arena hit again.
         self.fresh_mount(CacheMode::Keep)?;
-        let mnt = self.files_of(Target::Mount);
-        workload::seq_read(
-            &mnt,
-            SEQ_BLOCK,
-            &self.ctx("first read · mount (keep)".into()),
-        )?;
-        self.measure(
-            spec(
-                "mount",
-                "keep",
-                "second read, keep mode: mount's page cache and arena hold it",
-            ),
-            |c| workload::repeat(secs, c, || {}, |c| workload::seq_read(&mnt, SEQ_BLOCK, c)),
-        )?;
-        self.page_cache.mount_after_keep_mode_reads = sys::resident_fraction(&mnt).ok();
-        self.unmount()?;
         self.null_mount(CacheMode::Keep)?;
-        let null = self.files_of(Target::Ceiling);
-        workload::seq_read(
-            &null,
-            SEQ_BLOCK,
-            &self.ctx("first read · ceiling (keep)".into()),
-        )?;
-        self.measure(
-            spec(
-                "ceiling",
-                "keep",
-                "second read, keep mode: page cache holds it",
-            ),
-            |c| workload::repeat(secs, c, || {}, |c| workload::seq_read(&null, SEQ_BLOCK, c)),
-        )
+        let per_round = self.seconds / self.rounds as f64;
+        let mut entries: Vec<(RowSpec<'static>, Runner)> = Vec::new();
+        for t in [Target::Source, Target::Mount, Target::Ceiling] {
+            let files = self.files_of(t);
+            // The first read fills the page cache (and, for the mount, the arena); not measured.
+            let first = format!("first read · {}", t.name());
+            workload::seq_read(&files, SEQ_BLOCK, &self.ctx(first))?;
+            let (mode, state) = match t {
+                Target::Source => ("-", "second read: source in the page cache"),
+                Target::Mount => (
+                    "keep",
+                    "second read, keep mode: mount's page cache and arena hold it",
+                ),
+                Target::Ceiling => ("keep", "second read, keep mode: page cache holds it"),
+            };
+            entries.push((
+                RowSpec {
+                    workload: id,
+                    label: label_of(id),
+                    target: t.name(),
+                    cache_mode: mode,
+                    state,
+                    threads: 1,
+                    block_bytes: SEQ_BLOCK as u64,
+                },
+                Box::new(move |c: &Ctx<'_>, _round: usize| {
+                    workload::repeat(
+                        per_round,
+                        c,
+                        || {},
+                        |c| workload::seq_read(&files, SEQ_BLOCK, c),
+                    )
+                }),
+            ));
+        }
+        self.interleave(entries)?;
+        self.page_cache.mount_after_keep_mode_reads =
+            sys::resident_fraction(&self.files_of(Target::Mount)).ok();
+        self.unmount()
     }
 }
 
@@ -765,6 +829,7 @@ fn run_in(
     if !(seconds.is_finite() && seconds > 0.0) {
         bail!("--seconds must be a positive number");
     }
+    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 4 }).max(1);
     let mut notes = Vec::new();
     let busy0 = sys::machine_busy_seconds();
     let cpu0 = sys::cpu_seconds();
@@ -883,6 +948,7 @@ fn run_in(
         fuse_threads,
         threads,
         seconds,
+        rounds,
         drop_ok: drop_ok.clone(),
         rows: Vec::new(),
         notes: Vec::new(),
@@ -967,6 +1033,7 @@ fn run_in(
             fuse_threads,
             reader_threads: threads,
             seconds_per_timed_row: seconds,
+            rounds,
             seq_block_bytes: SEQ_BLOCK as u64,
             load_block_bytes: LOAD_BLOCK as u64,
             drop_caches: drop_ok.is_ok(),

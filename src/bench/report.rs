@@ -223,7 +223,9 @@ pub struct Flags {
     pub readahead_bytes: u64,
     pub fuse_threads: usize,
     pub reader_threads: usize,
+    /// Seconds each warm or timed row runs per target, split into `rounds` interleaved turns.
     pub seconds_per_timed_row: f64,
+    pub rounds: usize,
     pub seq_block_bytes: u64,
     pub load_block_bytes: u64,
     pub drop_caches: bool,
@@ -336,7 +338,7 @@ pub fn table(report: &Report) -> String {
             lat(|l| l.max),
             r.cpu_s,
             // /proc/stat counts 10 ms ticks: too coarse for a share of a short row.
-            if r.seconds >= 0.25 {
+            if r.seconds >= 1.0 {
                 format!("{:.0}%", r.others_share * 100.0)
             } else {
                 "-".into()
@@ -348,7 +350,7 @@ pub fn table(report: &Report) -> String {
     let _ = writeln!(
         s,
         "(mode: how the source was read, or the FUSE cache mode; CPU s: this process, daemon included; \
-         other: CPU time outside this process during the row — other processes, kernel threads — as a share of the machine)"
+         other: CPU time outside this process during the row — other processes, kernel threads — as a share of the machine, from 10 ms ticks, shown for rows of 1 s or more)"
     );
     s.lines().map(|l| l.trim_end().to_string() + "\n").collect()
 }

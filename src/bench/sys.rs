@@ -139,6 +139,16 @@ pub fn proc_status_bytes(field: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// A `kB` field of /proc/self/smaps_rollup (e.g. `AnonHugePages`), in bytes.
+pub fn smaps_rollup_bytes(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Resets VmHWM (peak RSS) to the current RSS (`echo 5 > /proc/self/clear_refs`). Best effort.
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
