@@ -123,6 +123,12 @@ impl Filesystem for NullFs {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        // As the mount: keep mode refreshes attributes on reads (auto_inval_data).
+        let wanted = if self.mode == CacheMode::Keep {
+            wanted | InitFlags::FUSE_AUTO_INVAL_DATA
+        } else {
+            wanted
+        };
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
         let request = (self.max_request_bytes as u32).max(4096);
