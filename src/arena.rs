@@ -340,6 +340,16 @@ impl Arena {
         unsafe { std::slice::from_raw_parts(self.block_ptr(block), len) }
     }
 
+    /// `len` bytes of the arena from byte `offset`, across neighbouring blocks.
+    ///
+    /// # Safety
+    /// Every block the range touches must be allocated, written, and pinned (as for `bytes`).
+    pub unsafe fn span(&self, offset: u64, len: usize) -> &[u8] {
+        assert!(offset as usize + len <= self.usable_bytes());
+        // SAFETY: in bounds by the assert; the caller guarantees the blocks are pinned.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset as usize), len) }
+    }
+
     /// The first `len` bytes of a block, for writing.
     ///
     /// # Safety

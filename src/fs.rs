@@ -614,6 +614,38 @@ impl Filesystem for NitroFs {
                 self.send(Msg::DropCorrupt { key });
             }
         } else {
+            // A request spanning two chunks whose blocks happen to be neighbours in the arena (the
+            // usual case: a file's chunks are filled in order into consecutive slabs) is still one
+            // slice, so it is replied without a copy: fuser's reply takes a single slice.
+            if last == first + 1 {
+                let k0 = Key {
+                    file: src.file_id,
+                    chunk: first,
+                };
+                let k1 = Key {
+                    file: src.file_id,
+                    chunk: last,
+                };
+                if let (Some(p0), Some(p1)) =
+                    (shared.index.pin(k0, toucher), shared.index.pin(k1, toucher))
+                {
+                    let (v0, v1) = (p0.view(), p1.view());
+                    let chunk = shared.chunk_bytes;
+                    if v0.form == crate::index::Form::Raw
+                        && v1.form == crate::index::Form::Raw
+                        && v0.len as u64 == chunk
+                        && v0.block.offset + chunk == v1.block.offset
+                    {
+                        let start = (offset - first * chunk) as usize;
+                        // SAFETY: both blocks are pinned, published and adjacent, so the span is
+                        // one valid, unwritten range of the arena.
+                        let bytes =
+                            unsafe { shared.arena.span(v0.block.offset, chunk as usize + v1.len) };
+                        shared.stats.hits.fetch_add(1, Ordering::Relaxed);
+                        return reply.data(&bytes[start..start + size as usize]);
+                    }
+                }
+            }
             let mut pending = Some(reply);
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
