@@ -131,7 +131,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cli.verbose, cli.quiet);
+    // The bench draws progress bars: the mount's heartbeat would break them up, so it logs
+    // warnings only unless asked for more.
+    let quiet = cli.quiet || (matches!(cli.cmd, Cmd::Bench(_)) && cli.verbose == 0);
+    init_logging(cli.verbose, quiet);
     let result = match cli.cmd {
         Cmd::Mount(a) => run_mount(a),
         Cmd::Bench(a) => nitro_uring::bench::run(a),
