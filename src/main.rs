@@ -27,9 +27,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Mount SOURCE at MOUNTPOINT, read-only, served from a RAM pool (foreground; Ctrl+C unmounts)
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Benchmark the mount against its source and the FUSE ceiling (no arguments: a generated model dir)
-    Bench(nitro_uring::bench::BenchArgs),
+    Bench(Box<nitro_uring::bench::BenchArgs>),
     /// Unmount a nitro-uring mount (the foreground daemon then exits)
     Umount { mountpoint: PathBuf },
 }
@@ -136,8 +136,8 @@ fn main() -> ExitCode {
     let quiet = cli.quiet || (matches!(cli.cmd, Cmd::Bench(_)) && cli.verbose == 0);
     init_logging(cli.verbose, quiet);
     let result = match cli.cmd {
-        Cmd::Mount(a) => run_mount(a),
-        Cmd::Bench(a) => nitro_uring::bench::run(a),
+        Cmd::Mount(a) => run_mount(*a),
+        Cmd::Bench(a) => nitro_uring::bench::run(*a),
         Cmd::Umount { mountpoint } => nitro_uring::mount::umount(&mountpoint, false),
     };
     match result {
