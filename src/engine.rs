@@ -731,9 +731,11 @@ impl Engine {
             waiters: None,
         });
         self.in_flight.insert(key, f);
-        self.sources
-            .entry(src.file_id)
-            .or_insert_with(|| Arc::downgrade(src));
+        // A file reopened after all its handles closed gets a new `Source` with the same id.
+        let known = self.sources.entry(src.file_id).or_default();
+        if known.strong_count() == 0 {
+            *known = Arc::downgrade(src);
+        }
         self.submit(f);
         self.shared.stats.fills.fetch_add(1, Ordering::Relaxed);
         Some(f)

@@ -61,8 +61,10 @@ fn stamp(m: &std::fs::Metadata) -> Stamp {
 
 struct Node {
     path: Mutex<PathBuf>,
-    /// The current version's source, shared by all opens of that version.
-    current: Mutex<Option<(Stamp, Arc<Source>)>>,
+    /// The current version: its stamp, its cache id, and its `Source` while some open holds it.
+    /// Weak, so a closed file's descriptors are closed; a later open of the unchanged file makes
+    /// a new `Source` with the same cache id, and its cached chunks stay valid.
+    current: Mutex<Option<(Stamp, u64, std::sync::Weak<Source>)>>,
 }
 
 /// Per-open state: the version it opened, and the sequential-stream detector.
@@ -228,11 +230,13 @@ impl NitroFs {
         }
         let now = stamp(&meta);
         let mut current = node.current.lock();
-        if let Some((s, src)) = current.as_ref()
-            && *s == now
+        let same = current.as_ref().filter(|(s, _, _)| *s == now);
+        if let Some((_, _, weak)) = same
+            && let Some(src) = weak.upgrade()
         {
-            return Ok((src.clone(), false));
+            return Ok((src, false));
         }
+        let reuse_id = same.map(|(_, id, _)| *id);
         let fd = open_source(&path, false).map_err(|e| errno_of(&e))?;
         let direct_fd = open_source(&path, true).ok();
         let (layout, default_hint) = read_layout(&fd, &path, meta.size());
@@ -241,7 +245,7 @@ impl NitroFs {
             .map(|n| n.to_string_lossy().into())
             .unwrap_or_else(|| "?".into());
         let src = Arc::new(Source {
-            file_id: self.next_file_id.fetch_add(1, Ordering::Relaxed),
+            file_id: reuse_id.unwrap_or_else(|| self.next_file_id.fetch_add(1, Ordering::Relaxed)),
             fd,
             direct_fd,
             size: meta.size(),
@@ -253,19 +257,23 @@ impl NitroFs {
             compressed_stored_bytes: AtomicU64::new(0),
             compression_logged: std::sync::atomic::AtomicBool::new(false),
         });
-        let changed = current.is_some();
-        if let Some((_, old)) = current.replace((now, src.clone())) {
-            self.shared
-                .stats
-                .invalidations
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::info!("INVALIDATE {} (source changed)", old.name);
-            self.send(Msg::Purge {
-                file_id: old.file_id,
-            });
-        } else {
-            tracing::info!("OPEN {} ({} MiB)", src.name, src.size >> 20);
-        }
+        let old = current.replace((now, src.file_id, Arc::downgrade(&src)));
+        let changed = match old {
+            Some((_, old_id, _)) if old_id != src.file_id => {
+                self.shared
+                    .stats
+                    .invalidations
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!("INVALIDATE {} (source changed)", src.name);
+                self.send(Msg::Purge { file_id: old_id });
+                true
+            }
+            Some(_) => false,
+            None => {
+                tracing::info!("OPEN {} ({} MiB)", src.name, src.size >> 20);
+                false
+            }
+        };
         Ok((src, changed))
     }
 

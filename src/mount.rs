@@ -353,8 +353,12 @@ impl Mounted {
         let arena = Arena::new(cfg.pool_bytes as usize, cfg.chunk_bytes as usize, cfg.lock)
             .map_err(|e| anyhow!("cannot allocate a pool of {} bytes: {e}", cfg.pool_bytes))?;
         let slabs = (cfg.pool_bytes / cfg.chunk_bytes) as u32;
-        // Whole chunks take one slot each; small files and tails take more slots than slabs.
-        let slot_count = slabs.saturating_mul(4).saturating_add(256);
+        // Whole chunks take one slot each; tails of small files and compressed chunks take more
+        // slots than slabs. One slot per 64 KiB of pool (≈120 B each: 0.2% of the pool) covers a
+        // directory of small files; when slots run out the policy evicts, nothing breaks.
+        let slot_count =
+            u32::try_from((cfg.pool_bytes / (64 << 10)).max(u64::from(slabs) * 4) + 256)
+                .map_err(|_| anyhow!("pool too large"))?;
         let shared = Arc::new(Shared {
             arena,
             index: Index::new(slot_count, 64),
