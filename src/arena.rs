@@ -159,49 +159,6 @@ impl Arena {
         Some(block)
     }
 
-    /// Allocates a packed block in any packed slab except `avoid`, never opening a free slab.
-    /// Used by compaction to move blocks out of `avoid`.
-    pub fn alloc_avoiding(&self, bytes: usize, avoid: u32) -> Option<Block> {
-        let pages = bytes.div_ceil(PAGE_BYTES) as u32;
-        assert!(pages < self.pages_per_slab);
-        let mut a = self.alloc.lock();
-        for i in (0..a.packed.len()).rev() {
-            let slab = a.packed[i];
-            if slab == avoid {
-                continue;
-            }
-            if let Some(first) = self.find_run(&a, slab, pages) {
-                let b = self.take_run(&mut a, slab, first, pages);
-                a.used_pages += u64::from(pages);
-                return Some(b);
-            }
-        }
-        None
-    }
-
-    /// The packed slab with the fewest pages in use, and the free pages of all other packed slabs:
-    /// what compaction needs to decide whether emptying one slab can work.
-    pub fn compaction_candidate(&self) -> Option<(u32, u32, u64)> {
-        let a = self.alloc.lock();
-        let mut best: Option<(u32, u32)> = None;
-        let mut free_total = 0u64;
-        for (slab, m) in a.modes.iter().enumerate() {
-            if let SlabMode::Packed { used_pages } = *m {
-                free_total += u64::from(self.pages_per_slab - used_pages);
-                if best.is_none_or(|(_, u)| used_pages < u) {
-                    best = Some((slab as u32, used_pages));
-                }
-            }
-        }
-        let (slab, used) = best?;
-        let others_free = free_total - u64::from(self.pages_per_slab - used);
-        Some((slab, used, others_free))
-    }
-
-    pub fn slab_of(&self, block: Block) -> u32 {
-        (block.offset / self.slab_bytes as u64) as u32
-    }
-
     fn alloc_packed(&self, a: &mut Alloc, pages: u32) -> Option<Block> {
         // First fit over slabs already packed, newest first: they are the likeliest to have room.
         for i in (0..a.packed.len()).rev() {
@@ -297,11 +254,6 @@ impl Arena {
             }
             SlabMode::Free => panic!("free of a block in a free slab"),
         }
-    }
-
-    /// Whether a whole-slab block could be allocated right now without eviction.
-    pub fn has_free_slab(&self) -> bool {
-        !self.alloc.lock().free_slabs.is_empty()
     }
 
     pub fn usage(&self) -> ArenaUsage {

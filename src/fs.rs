@@ -313,6 +313,18 @@ impl NitroFs {
         Ok(items)
     }
 
+    /// Hands a read the arena cannot serve to the ring thread, which replies when the bytes land.
+    fn miss(&self, src: &Arc<Source>, fh: u64, offset: u64, size: u32, reply: ReplyData) {
+        self.shared.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.send(Msg::Read {
+            src: src.clone(),
+            fh,
+            offset,
+            size,
+            reply,
+        });
+    }
+
     /// Requests fills ahead of a sequential reader, once per chunk boundary it crosses.
     fn maybe_prefetch(&self, h: &Handle, fh: u64, offset: u64, end: u64) {
         if self.opts.readahead_bytes == 0 {
@@ -601,59 +613,45 @@ impl Filesystem for NitroFs {
                     shared.stats.hits.fetch_add(1, Ordering::Relaxed);
                     return reply.data(&bytes[start..start + size as usize]);
                 }
-                let mut pending = Some(reply);
-                SCRATCH.with(|s| {
-                    let mut s = s.borrow_mut();
-                    if s.len() < size as usize {
-                        s.resize(shared.max_request_bytes.max(size as usize), 0);
-                    }
-                    let out = &mut s[..size as usize];
-                    if shared.decode_pieces(&view, start, out)
-                        && let Some(reply) = pending.take()
-                    {
-                        shared.stats.hits.fetch_add(1, Ordering::Relaxed);
-                        reply.data(out);
-                    }
-                });
-                let Some(r) = pending else { return };
-                reply = r;
-                drop(pin);
-                shared.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                self.send(Msg::DropCorrupt { key });
+                // Compressed: decoded below, through the same path as spanning reads.
+            } else {
+                return self.miss(src, fh.0, offset, size, reply);
             }
-        } else {
+        } else if last == first + 1 {
             // A request spanning two chunks whose blocks happen to be neighbours in the arena (the
             // usual case: a file's chunks are filled in order into consecutive slabs) is still one
             // slice, so it is replied without a copy: fuser's reply takes a single slice.
-            if last == first + 1 {
-                let k0 = Key {
-                    file: src.file_id,
-                    chunk: first,
-                };
-                let k1 = Key {
-                    file: src.file_id,
-                    chunk: last,
-                };
-                if let (Some(p0), Some(p1)) =
-                    (shared.index.pin(k0, toucher), shared.index.pin(k1, toucher))
+            let k0 = Key {
+                file: src.file_id,
+                chunk: first,
+            };
+            let k1 = Key {
+                file: src.file_id,
+                chunk: last,
+            };
+            if let (Some(p0), Some(p1)) =
+                (shared.index.pin(k0, toucher), shared.index.pin(k1, toucher))
+            {
+                let (v0, v1) = (p0.view(), p1.view());
+                let chunk = shared.chunk_bytes;
+                if v0.form == crate::index::Form::Raw
+                    && v1.form == crate::index::Form::Raw
+                    && v0.len as u64 == chunk
+                    && v0.block.offset + chunk == v1.block.offset
                 {
-                    let (v0, v1) = (p0.view(), p1.view());
-                    let chunk = shared.chunk_bytes;
-                    if v0.form == crate::index::Form::Raw
-                        && v1.form == crate::index::Form::Raw
-                        && v0.len as u64 == chunk
-                        && v0.block.offset + chunk == v1.block.offset
-                    {
-                        let start = (offset - first * chunk) as usize;
-                        // SAFETY: both blocks are pinned, published and adjacent, so the span is
-                        // one valid, unwritten range of the arena.
-                        let bytes =
-                            unsafe { shared.arena.span(v0.block.offset, chunk as usize + v1.len) };
-                        shared.stats.hits.fetch_add(1, Ordering::Relaxed);
-                        return reply.data(&bytes[start..start + size as usize]);
-                    }
+                    let start = (offset - first * chunk) as usize;
+                    // SAFETY: both blocks are pinned, published and adjacent, so the span is
+                    // one valid, unwritten range of the arena.
+                    let bytes =
+                        unsafe { shared.arena.span(v0.block.offset, chunk as usize + v1.len) };
+                    shared.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    return reply.data(&bytes[start..start + size as usize]);
                 }
             }
+        }
+        // Everything else that is cached (compressed chunks, non-adjacent spans) is copied or
+        // decoded into this worker's scratch buffer, sized once.
+        {
             let mut pending = Some(reply);
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
@@ -678,14 +676,7 @@ impl Filesystem for NitroFs {
             let Some(r) = pending else { return };
             reply = r;
         }
-        shared.stats.misses.fetch_add(1, Ordering::Relaxed);
-        self.send(Msg::Read {
-            src: src.clone(),
-            fh: fh.0,
-            offset,
-            size,
-            reply,
-        });
+        self.miss(src, fh.0, offset, size, reply);
     }
 
     fn release(

@@ -334,10 +334,6 @@ impl Index {
         }
     }
 
-    pub fn view_of(&self, slot: u32) -> SlotView {
-        self.view(slot)
-    }
-
     pub fn freq(&self, slot: u32) -> u8 {
         self.slots[slot as usize].freq.load(Ordering::Relaxed)
     }

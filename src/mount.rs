@@ -4,7 +4,6 @@
 //! Why validation is a separate, complete pass: a bad argument must leave nothing mounted and print
 //! one line. Checking everything before the first mount(2) means no error path has to undo one.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -542,9 +541,4 @@ impl Drop for Mounted {
             let _ = self.teardown();
         }
     }
-}
-
-/// Device id of a path, for tests and tools.
-pub fn dev_of(path: &Path) -> Option<u64> {
-    std::fs::metadata(path).ok().map(|m| m.dev())
 }

@@ -111,17 +111,6 @@ impl S3Fifo {
         self.generation[s] = self.generation[s].wrapping_add(1);
     }
 
-    /// The slot's size changed in place (re-encoded).
-    pub fn resize(&mut self, slot: u32, bytes: u32) {
-        let s = slot as usize;
-        let old = u64::from(std::mem::replace(&mut self.bytes[s], bytes));
-        match self.queue[s] {
-            Queue::Small => self.small_bytes = self.small_bytes - old + u64::from(bytes),
-            Queue::Main => self.main_bytes = self.main_bytes - old + u64::from(bytes),
-            Queue::None => {}
-        }
-    }
-
     fn ghost_take(&mut self, key_hash: u64) -> bool {
         match self.ghost_counts.get_mut(&key_hash) {
             Some(n) if *n > 0 => {
