@@ -2,7 +2,7 @@
 //! smaller than its compressed size is served, once warm, with no misses and no evictions.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nitro_uring::mount::{CompressMode, MountConfig, Mounted};
 
@@ -57,19 +57,23 @@ fn read_all(path: &Path) -> Vec<u8> {
     std::fs::read(path).expect("read through the mount")
 }
 
-#[test]
-fn bf16_working_set_larger_than_pool_is_served_without_evictions_once_warm() {
+/// 48 MiB of BF16 (plus header) under a 40 MiB pool: it fits only compressed (≈0.7×).
+fn mount_bf16(compress: CompressMode) -> (tempfile::TempDir, Mounted, PathBuf, Vec<u8>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("src");
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&src).expect("mkdir src");
     std::fs::create_dir_all(&mnt).expect("mkdir mnt");
-    // 48 MiB of BF16 (plus header) into a 40 MiB pool: fits only compressed (≈0.7×).
     let data = write_bf16_safetensors(&src.join("model.safetensors"), 12, 2 << 20);
     let mut cfg = MountConfig::new(&src, &mnt, 40 * MIB);
-    cfg.compress = CompressMode::Auto;
+    cfg.compress = compress;
     let m = Mounted::spawn(cfg).expect("mount");
-    let file = mnt.join("model.safetensors");
+    (dir, m, mnt.join("model.safetensors"), data)
+}
+
+#[test]
+fn bf16_working_set_larger_than_pool_is_served_without_evictions_once_warm() {
+    let (_dir, m, file, data) = mount_bf16(CompressMode::Auto);
     for pass in 0..6 {
         assert!(
             read_all(&file) == data,
@@ -98,16 +102,7 @@ fn bf16_working_set_larger_than_pool_is_served_without_evictions_once_warm() {
 
 #[test]
 fn compress_off_evicts_instead() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&src).expect("mkdir src");
-    std::fs::create_dir_all(&mnt).expect("mkdir mnt");
-    let data = write_bf16_safetensors(&src.join("model.safetensors"), 12, 2 << 20);
-    let mut cfg = MountConfig::new(&src, &mnt, 40 * MIB);
-    cfg.compress = CompressMode::Off;
-    let m = Mounted::spawn(cfg).expect("mount");
-    let file = mnt.join("model.safetensors");
+    let (_dir, m, file, data) = mount_bf16(CompressMode::Off);
     for _ in 0..4 {
         assert!(read_all(&file) == data);
     }
