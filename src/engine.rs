@@ -29,6 +29,9 @@ use crate::codec::{self, Codec, DtypeHint, Scratch, formats::Layout};
 use crate::index::{Form, FxHasher, Index, Key, PIECES, SlotView, pack_block};
 use crate::policy::s3fifo::{S3Fifo, Victim};
 
+/// (dev, ino, size, mtime ns, ctime ns): what must not change for cached bytes to stay a version's.
+pub type Stamp = (u64, u64, u64, i64, i64);
+
 /// One version of one source file. A rewrite or replacement of the source gets a new `Source` with a
 /// new `file_id`, so chunks of the old version can never be served for the new one.
 pub struct Source {
@@ -50,7 +53,12 @@ pub struct Source {
     /// Logical and stored bytes of this file's chunks compressed so far (for reports).
     pub compressed_logical_bytes: AtomicU64,
     pub compressed_stored_bytes: AtomicU64,
-    pub compression_logged: AtomicBool,
+    /// Shared by every `Source` of one version, so the COMPRESS line is logged once per version.
+    pub compression_logged: Arc<AtomicBool>,
+    /// The stamp this version was opened with.
+    pub stamp: Stamp,
+    /// The source no longer matches `stamp` (changed under open handles): misses fail with EIO.
+    pub stale: AtomicBool,
 }
 
 impl Source {

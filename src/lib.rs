@@ -5,7 +5,7 @@ pub mod arena;
 pub mod bench;
 pub mod codec;
 pub mod engine;
-pub mod fs;
+pub mod fuse;
 pub mod heartbeat;
 pub mod index;
 pub mod mount;

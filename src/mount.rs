@@ -17,8 +17,8 @@ use nitro_ring::Waker;
 use crate::arena::{Arena, PAGE_BYTES};
 pub use crate::engine::CompressMode;
 use crate::engine::{Engine, Msg, Shared, Stats};
-pub use crate::fs::CacheMode;
-use crate::fs::{NitroFs, Options};
+pub use crate::fuse::CacheMode;
+use crate::fuse::{NitroFs, Options};
 use crate::index::Index;
 
 pub const FSTYPE: &str = "fuse.nitro-uring";
@@ -404,7 +404,7 @@ impl Mounted {
             .map_err(|e| anyhow!("io_uring unavailable: {e}"))?;
         let notifier_slot = Arc::new(std::sync::OnceLock::new());
         let fs = NitroFs::new(
-            source.clone(),
+            &source,
             shared.clone(),
             tx.clone(),
             waker.clone(),

@@ -1,0 +1,178 @@
+//! The read path: a hit is a slice of the arena handed to the kernel (no copy, no allocation);
+//! everything else goes to the engine, which replies when the bytes land.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fuser::{Errno, FileAttr, FileHandle, ReplyData};
+
+use super::NitroFs;
+use super::nodes::Node;
+use crate::engine::{Copied, Msg, Source};
+use crate::index::Key;
+
+/// Per-open state: the version it opened, and the sequential-stream detector.
+pub struct Handle {
+    pub src: Arc<Source>,
+    pub node: Arc<Node>,
+    /// The version's attributes as of the open (getattr with this handle answers with them).
+    pub attr: FileAttr,
+    /// Keep mode: this handle reads through the kernel's page cache.
+    pub cached: bool,
+    next_offset: AtomicU64,
+    /// Prefetch has been requested up to this chunk (exclusive).
+    prefetched_to: AtomicU64,
+}
+
+impl Handle {
+    pub fn new(src: Arc<Source>, node: Arc<Node>, attr: FileAttr, cached: bool) -> Handle {
+        Handle {
+            src,
+            node,
+            attr,
+            cached,
+            next_offset: AtomicU64::new(0),
+            prefetched_to: AtomicU64::new(0),
+        }
+    }
+}
+
+thread_local! {
+    /// Per-worker buffer for replies that span chunks; sized on first use, then reused.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl NitroFs {
+    pub(super) fn serve_read(&self, fh: FileHandle, offset: u64, size: u32, mut reply: ReplyData) {
+        let Some(h) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let src = &h.src;
+        if offset >= src.size || size == 0 {
+            return reply.data(&[]);
+        }
+        let size = (u64::from(size)).min(src.size - offset) as u32;
+        let end = offset + u64::from(size);
+        let shared = &*self.shared;
+        let first = shared.chunk_of(offset);
+        let last = shared.chunk_of(end - 1);
+        // Accesses count once per open handle (see `index::Slot::last_toucher`).
+        let toucher = fh.0;
+        self.maybe_prefetch(&h, fh.0, offset, end);
+        if first == last {
+            let key = Key {
+                file: src.file_id,
+                chunk: first,
+            };
+            if let Some(pin) = shared.index.pin(key, toucher) {
+                let view = pin.view();
+                let start = (offset - first * shared.chunk_bytes) as usize;
+                if view.form == crate::index::Form::Raw {
+                    // SAFETY: pinned; the block is published and not written while pinned.
+                    let bytes = unsafe { shared.arena.bytes(view.block, view.len) };
+                    shared.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    return reply.data(&bytes[start..start + size as usize]);
+                }
+                // Compressed: decoded below, through the same path as spanning reads.
+            } else {
+                return self.miss(src, fh.0, offset, size, reply);
+            }
+        } else if last == first + 1 {
+            // A request spanning two chunks whose blocks happen to be neighbours in the arena (the
+            // usual case: a file's chunks are filled in order into consecutive slabs) is still one
+            // slice, so it is replied without a copy: fuser's reply takes a single slice.
+            let k0 = Key {
+                file: src.file_id,
+                chunk: first,
+            };
+            let k1 = Key {
+                file: src.file_id,
+                chunk: last,
+            };
+            if let (Some(p0), Some(p1)) =
+                (shared.index.pin(k0, toucher), shared.index.pin(k1, toucher))
+            {
+                let (v0, v1) = (p0.view(), p1.view());
+                let chunk = shared.chunk_bytes;
+                if v0.form == crate::index::Form::Raw
+                    && v1.form == crate::index::Form::Raw
+                    && v0.len as u64 == chunk
+                    && v0.block.offset + chunk == v1.block.offset
+                {
+                    let start = (offset - first * chunk) as usize;
+                    // SAFETY: both blocks are pinned, published and adjacent, so the span is
+                    // one valid, unwritten range of the arena.
+                    let bytes =
+                        unsafe { shared.arena.span(v0.block.offset, chunk as usize + v1.len) };
+                    shared.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    return reply.data(&bytes[start..start + size as usize]);
+                }
+            }
+        }
+        // Everything else that is cached (compressed chunks, non-adjacent spans) is copied or
+        // decoded into this worker's scratch buffer, sized once.
+        {
+            let mut pending = Some(reply);
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < size as usize {
+                    s.resize(shared.max_request_bytes.max(size as usize), 0);
+                }
+                let out = &mut s[..size as usize];
+                match shared.copy_cached(src, offset, out, toucher) {
+                    Copied::Done => {
+                        if let Some(reply) = pending.take() {
+                            shared.stats.hits.fetch_add(1, Ordering::Relaxed);
+                            reply.data(out);
+                        }
+                    }
+                    Copied::Corrupt(key) => {
+                        shared.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                        self.send(Msg::DropCorrupt { key });
+                    }
+                    Copied::Missing => {}
+                }
+            });
+            let Some(r) = pending else { return };
+            reply = r;
+        }
+        self.miss(src, fh.0, offset, size, reply);
+    }
+
+    /// Hands a read the arena cannot serve to the ring thread, which replies when the bytes land.
+    fn miss(&self, src: &Arc<Source>, fh: u64, offset: u64, size: u32, reply: ReplyData) {
+        self.shared.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.send(Msg::Read {
+            src: src.clone(),
+            fh,
+            offset,
+            size,
+            reply,
+        });
+    }
+
+    /// Requests fills ahead of a sequential reader, once per chunk boundary it crosses.
+    fn maybe_prefetch(&self, h: &Handle, fh: u64, offset: u64, end: u64) {
+        if self.opts.readahead_bytes == 0 {
+            return;
+        }
+        let sequential = h.next_offset.swap(end, Ordering::Relaxed) == offset;
+        if !sequential || offset == 0 {
+            return;
+        }
+        let chunk_bytes = self.shared.chunk_bytes;
+        let from = end.div_ceil(chunk_bytes);
+        let to = (end + self.opts.readahead_bytes).div_ceil(chunk_bytes);
+        let done = h.prefetched_to.load(Ordering::Relaxed);
+        if to > done && to > from {
+            h.prefetched_to.store(to, Ordering::Relaxed);
+            self.send(Msg::Prefetch {
+                src: h.src.clone(),
+                fh,
+                first: from.max(done),
+                last: to - 1,
+            });
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Versions: which bytes an open file may be served.
+//!
+//! A version is one state of one source object, named by its stamp (dev, ino, size, mtime,
+//! ctime) and given a cache id. Every open stats the object it holds; an unchanged stamp shares the
+//! version (and its cached chunks), a changed one makes a new version, and the old one's chunks are
+//! purged. A handle keeps the version it opened for its whole life (see README, "What a held handle
+//! sees").
+//!
+//! Why fresh stamps are not trusted (git's "racy clean" problem): a `write()` moves mtime and ctime
+//! when it starts, not when it ends. An open during a long write records the final stamp while the
+//! data is still changing, and chunks read then would be served as that version forever. So a
+//! version whose mtime or ctime is younger than `RACY_WINDOW` when it is opened is private to that
+//! open: later opens do not reuse its chunks, and the first open after the file has been quiet for
+//! the window starts a version that is.
+//!
+//! Why keep mode tracks whose bytes are in the page cache: the kernel keeps one page cache per
+//! inode, shared by every open handle. A handle of an old version that reads through the page cache
+//! fills it with old bytes, which a later open of the new version would be served. So in keep mode
+//! the page cache belongs to one version at a time: an open of another version while handles of
+//! the owner are open goes direct (no page cache), and the first open after they closed drops the
+//! pages (no FOPEN_KEEP_CACHE) and takes the cache over.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{Errno, FopenFlags};
+use rustix::fs::Statx;
+
+use super::CacheMode;
+use super::nodes::Node;
+use super::sys::{self, Reopener};
+use crate::engine::{Source, Stamp};
+
+/// A version whose timestamps are younger than this may still be being written.
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+pub struct Versions {
+    current: Option<Current>,
+    /// Keep mode: the version whose bytes the kernel's page cache of this inode may hold.
+    page_cache_owner: Option<u64>,
+    /// Keep mode: open handles that read through the page cache, per version.
+    cached_handles: Vec<(u64, u32)>,
+}
+
+struct Current {
+    stamp: Stamp,
+    file_id: u64,
+    /// Reusable by later opens (see `RACY_WINDOW`).
+    stable: bool,
+    source: Weak<Source>,
+    compress_logged: Arc<AtomicBool>,
+}
+
+/// The result of opening a file: the version to read, and what the kernel must be told.
+pub struct Opened {
+    pub src: Arc<Source>,
+    /// The attributes of that version, as of the open.
+    pub st: Statx,
+    /// The object's stamp differs from the last version this node served: its cached attributes
+    /// (size!) must be dropped before the open returns.
+    pub changed: bool,
+}
+
+fn is_stable(st: &Statx, now: SystemTime) -> bool {
+    let now_ns = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let newest = sys::ns(&st.stx_mtime).max(sys::ns(&st.stx_ctime));
+    let window = RACY_WINDOW.as_nanos() as i64;
+    // A timestamp in the future (clock skew, a `touch -d`) is not proof of quiet either.
+    now_ns.saturating_sub(newest) >= window
+}
+
+/// Everything `open_version` needs from the filesystem.
+pub struct Ctx<'a> {
+    pub reopener: &'a Reopener,
+    pub next_file_id: &'a AtomicU64,
+    pub fuse_ino: u64,
+}
+
+/// The version an open of `node` reads: the current one if unchanged and stable, else a new one.
+/// Returns the version and the old cache id to purge, if one was superseded.
+pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Option<u64>), Errno> {
+    let errno = |e: std::io::Error| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO));
+    let st = sys::statx(node.fd.as_fd()).map_err(errno)?;
+    let stamp = sys::stamp(&st);
+    let mut v = node.versions.lock();
+    if let Some(cur) = &v.current
+        && cur.stable
+        && cur.stamp == stamp
+        && let Some(src) = cur.source.upgrade()
+        && !src.stale.load(Ordering::Relaxed)
+    {
+        return Ok((
+            Opened {
+                src,
+                st,
+                changed: false,
+            },
+            None,
+        ));
+    }
+    // A new `Source`: open the object for reading and take the stamp of what was opened.
+    let fd = ctx
+        .reopener
+        .open_read(node.fd.as_fd(), false)
+        .map_err(errno)?;
+    let st = sys::statx(fd.as_fd()).map_err(errno)?;
+    if !sys::is_reg(&st) {
+        return Err(Errno::EINVAL);
+    }
+    let stamp = sys::stamp(&st);
+    let direct_fd = ctx.reopener.open_read(node.fd.as_fd(), true).ok();
+    let stable = is_stable(&st, SystemTime::now());
+    let same = v.current.as_ref().filter(|c| c.stable && c.stamp == stamp);
+    // An unchanged, stable version whose handles all closed keeps its cache id and chunks.
+    let (file_id, compress_logged) = match same {
+        Some(c) => (c.file_id, c.compress_logged.clone()),
+        None => (
+            ctx.next_file_id.fetch_add(1, Ordering::Relaxed),
+            Arc::new(AtomicBool::new(false)),
+        ),
+    };
+    let (layout, default_hint) = super::read_layout(&fd, &node.name, st.stx_size);
+    let src = Arc::new(Source {
+        file_id,
+        fd,
+        direct_fd,
+        size: st.stx_size,
+        name: node.name.clone(),
+        fuse_ino: ctx.fuse_ino,
+        layout,
+        default_hint,
+        compressed_logical_bytes: AtomicU64::new(0),
+        compressed_stored_bytes: AtomicU64::new(0),
+        compression_logged: compress_logged.clone(),
+        stamp,
+        stale: AtomicBool::new(false),
+    });
+    let old = v.current.replace(Current {
+        stamp,
+        file_id,
+        stable,
+        source: Arc::downgrade(&src),
+        compress_logged,
+    });
+    let (changed, purge) = match old {
+        None => {
+            tracing::info!("OPEN {} ({} MiB)", src.name, src.size >> 20);
+            (false, None)
+        }
+        Some(o) if o.file_id == file_id => (false, None),
+        Some(o) => {
+            if o.stamp != stamp {
+                tracing::info!("INVALIDATE {} (source changed)", src.name);
+            } else {
+                tracing::debug!(
+                    "new version of {} (changed too recently to share)",
+                    src.name
+                );
+            }
+            (o.stamp != stamp, Some(o.file_id))
+        }
+    };
+    Ok((Opened { src, st, changed }, purge))
+}
+
+/// How the kernel may cache a new handle of version `file_id` (see the module docs), and whether
+/// the handle reads through the page cache (to be counted out again by `release_cached`).
+pub fn open_flags(node: &Node, mode: CacheMode, file_id: u64) -> (FopenFlags, bool) {
+    if mode == CacheMode::Direct {
+        return (FopenFlags::FOPEN_DIRECT_IO, false);
+    }
+    let mut v = node.versions.lock();
+    let others_open = v
+        .cached_handles
+        .iter()
+        .any(|&(id, n)| id != file_id && n > 0);
+    if others_open {
+        return (FopenFlags::FOPEN_DIRECT_IO, false);
+    }
+    let flags = if v.page_cache_owner == Some(file_id) {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        // Without KEEP_CACHE the kernel drops the inode's pages at this open.
+        v.page_cache_owner = Some(file_id);
+        FopenFlags::empty()
+    };
+    match v.cached_handles.iter_mut().find(|(id, _)| *id == file_id) {
+        Some((_, n)) => *n += 1,
+        None => v.cached_handles.push((file_id, 1)),
+    }
+    (flags, true)
+}
+
+pub fn release_cached(node: &Node, file_id: u64) {
+    let mut v = node.versions.lock();
+    if let Some(i) = v.cached_handles.iter().position(|(id, _)| *id == file_id) {
+        v.cached_handles[i].1 -= 1;
+        if v.cached_handles[i].1 == 0 {
+            v.cached_handles.swap_remove(i);
+        }
+    }
+}
