@@ -117,6 +117,7 @@ pub struct Mounted {
     tx: crossbeam_channel::Sender<Msg>,
     waker: Waker,
     heartbeat: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
+    reaper: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
     /// The mount's device ("0:39"): names its connection under /sys/fs/fuse/connections.
     conn_dev: Option<String>,
 }
@@ -340,6 +341,29 @@ fn tune_bdi(mountpoint: &Path, readahead_bytes: u64) {
     }
 }
 
+/// Every few seconds, tells the kernel about remembered inodes whose source object was deleted
+/// (see `fuse::Reaper`). Dropping the returned sender stops it.
+fn spawn_reaper(
+    reaper: crate::fuse::Reaper,
+    notifier: fuser::Notifier,
+) -> Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)> {
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let handle = std::thread::Builder::new()
+        .name("nitro-reaper".into())
+        .spawn(move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stop_rx.recv_timeout(Duration::from_secs(5))
+            {
+                let n = reaper.sweep(&notifier);
+                if n > 0 {
+                    tracing::debug!("told the kernel of {n} deleted source objects");
+                }
+            }
+        })
+        .ok()?;
+    Some((stop_tx, handle))
+}
+
 impl Mounted {
     /// Validates, mounts, and returns once the mount is live.
     pub fn spawn(cfg: MountConfig) -> Result<Mounted> {
@@ -411,6 +435,7 @@ impl Mounted {
             fs_opts,
             notifier_slot.clone(),
         )?;
+        let reaper = fs.reaper();
         let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config).map_err(|e| {
             if e.kind() == std::io::ErrorKind::PermissionDenied {
                 anyhow!(
@@ -422,6 +447,7 @@ impl Mounted {
             }
         })?;
         let _ = notifier_slot.set(session.notifier());
+        let reaper = spawn_reaper(reaper, session.notifier());
         let unmounter = session.unmount_callable();
         let engine = std::thread::Builder::new()
             .name("nitro-ring".into())
@@ -450,6 +476,7 @@ impl Mounted {
             tx,
             waker,
             heartbeat,
+            reaper,
             conn_dev,
         })
     }
@@ -513,7 +540,7 @@ impl Mounted {
         {
             result = Err(anyhow!("engine thread panicked"));
         }
-        if let Some((stop, h)) = self.heartbeat.take() {
+        for (stop, h) in [self.heartbeat.take(), self.reaper.take()].into_iter().flatten() {
             drop(stop);
             let _ = h.join();
         }

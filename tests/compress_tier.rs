@@ -67,6 +67,8 @@ fn mount_bf16(compress: CompressMode) -> (tempfile::TempDir, Mounted, PathBuf, V
     let data = write_bf16_safetensors(&src.join("model.safetensors"), 12, 2 << 20);
     let mut cfg = MountConfig::new(&src, &mnt, 40 * MIB);
     cfg.compress = compress;
+    // Versions younger than the racy window are private to one open: let the files settle.
+    std::thread::sleep(nitro_uring::fuse::RACY_WINDOW + std::time::Duration::from_millis(100));
     let m = Mounted::spawn(cfg).expect("mount");
     (dir, m, mnt.join("model.safetensors"), data)
 }

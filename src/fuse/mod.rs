@@ -15,6 +15,8 @@ mod read;
 pub mod sys;
 mod versions;
 
+pub use versions::RACY_WINDOW;
+
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -63,6 +65,7 @@ pub struct Options {
 
 /// A directory listing taken at opendir: (name, source inode, type).
 struct DirList {
+    ino: u64,
     node: Arc<Node>,
     entries: Vec<(std::ffi::OsString, u64, FileType)>,
     dev: u64,
@@ -73,7 +76,7 @@ pub struct NitroFs {
     tx: Sender<Msg>,
     waker: Waker,
     opts: Options,
-    nodes: Nodes,
+    nodes: Arc<Nodes>,
     reopener: Reopener,
     handles: Box<[HandleShard]>,
     dirs: Mutex<std::collections::HashMap<u64, Arc<DirList>>>,
@@ -103,7 +106,7 @@ impl NitroFs {
             tx,
             waker,
             opts,
-            nodes: Nodes::new(root_fd, name)?,
+            nodes: Arc::new(Nodes::new(root_fd, name)?),
             reopener: Reopener::new()?,
             handles: (0..HANDLE_SHARDS)
                 .map(|_| RwLock::new(std::collections::HashMap::new()))
@@ -113,6 +116,13 @@ impl NitroFs {
             next_file_id: AtomicU64::new(1),
             notifier,
         })
+    }
+
+    /// What lets another thread tell the kernel about deleted source objects (see `Reaper`).
+    pub fn reaper(&self) -> Reaper {
+        Reaper {
+            nodes: self.nodes.clone(),
+        }
     }
 
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
@@ -170,7 +180,7 @@ impl NitroFs {
     /// reference is given back if the reply buffer is full. Returns true when full.
     fn add_plus(&self, list: &DirList, index: usize, reply: &mut ReplyDirectoryPlus) -> bool {
         let (name, _, _) = &list.entries[index];
-        let Ok((ino, generation, st)) = self.nodes.lookup(&list.node, name) else {
+        let Ok((ino, generation, st)) = self.nodes.lookup(list.ino, &list.node, name) else {
             return false; // vanished since opendir: skip it
         };
         let full = reply.add(
@@ -185,6 +195,28 @@ impl NitroFs {
             self.nodes.forget(INodeNo(ino), 1);
         }
         full
+    }
+}
+
+/// Tells the kernel which inodes it remembers were deleted from the source, so it forgets them and
+/// their descriptors close: a deleted model file's disk space is freed at the next sweep, not at
+/// the next memory pressure.
+pub struct Reaper {
+    nodes: Arc<Nodes>,
+}
+
+impl Reaper {
+    /// One sweep (a `statx` per remembered inode); returns how many the kernel was told of.
+    pub fn sweep(&self, notifier: &fuser::Notifier) -> usize {
+        let mut told = 0;
+        for (parent, child, name) in self.nodes.deleted() {
+            // Outside any request, so the kernel may take the locks it needs. An error means the
+            // kernel no longer has that entry: nothing to do.
+            if notifier.delete(INodeNo(parent), INodeNo(child), &name).is_ok() {
+                told += 1;
+            }
+        }
+        told
     }
 }
 
@@ -299,11 +331,11 @@ impl Filesystem for NitroFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let parent = match self.node(parent) {
+        let parent_node = match self.node(parent) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.nodes.lookup(&parent, name) {
+        match self.nodes.lookup(parent.0, &parent_node, name) {
             Ok((ino, generation, st)) => {
                 reply.entry(&self.ttl(&st), &self.attr(ino, &st), Generation(generation))
             }
@@ -433,6 +465,7 @@ impl Filesystem for NitroFs {
         match listed {
             Ok((st, entries)) => {
                 let list = DirList {
+                    ino: ino.0,
                     node,
                     entries: entries
                         .into_iter()

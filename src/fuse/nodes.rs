@@ -46,6 +46,9 @@ struct Entry {
     identity: (u64, u64),
     generation: u64,
     lookups: u64,
+    /// Where the kernel last found it (parent inode, name): what to tell it once it is deleted.
+    parent: u64,
+    name: Box<OsStr>,
 }
 
 #[derive(Default)]
@@ -91,6 +94,8 @@ impl Nodes {
                 identity,
                 generation: 1,
                 lookups: 1,
+                parent: INodeNo::ROOT.0,
+                name: OsStr::new("").into(),
             },
         );
         t.by_identity.insert(identity, INodeNo::ROOT.0);
@@ -111,7 +116,12 @@ impl Nodes {
 
     /// Looks `name` up in `parent` and counts one kernel reference to the result: (mount inode,
     /// generation, attributes).
-    pub fn lookup(&self, parent: &Node, name: &OsStr) -> io::Result<(u64, u64, Statx)> {
+    pub fn lookup(
+        &self,
+        parent_ino: u64,
+        parent: &Node,
+        name: &OsStr,
+    ) -> io::Result<(u64, u64, Statx)> {
         let fd = match sys::open_child(parent.fd.as_fd(), name) {
             Ok(fd) => fd,
             Err(e) => {
@@ -136,6 +146,10 @@ impl Nodes {
         {
             // The same live object (its descriptor pins it): a hardlink or a repeated lookup.
             e.lookups += 1;
+            if e.parent != parent_ino || *e.name != *name {
+                e.parent = parent_ino;
+                e.name = name.into();
+            }
             return Ok((ino, e.generation, st));
         }
         let own = self.preferred_ino(identity);
@@ -165,6 +179,8 @@ impl Nodes {
                 identity,
                 generation,
                 lookups: 1,
+                parent: parent_ino,
+                name: name.into(),
             },
         );
         t.by_identity.insert(identity, ino);
@@ -189,6 +205,20 @@ impl Nodes {
                 t.by_identity.remove(&identity);
             }
         }
+    }
+
+    /// Entries whose object was deleted from the source while the kernel still remembers them and
+    /// no open file holds them: (parent, child, name). Their descriptors keep the deleted object
+    /// (and its disk space) alive, and the kernel only forgets an unused inode under memory
+    /// pressure unless told it is gone.
+    pub fn deleted(&self) -> Vec<(u64, u64, Box<OsStr>)> {
+        let t = self.table.read();
+        t.by_ino
+            .iter()
+            .filter(|(_, e)| Arc::strong_count(&e.node) == 1 && !e.name.is_empty())
+            .filter(|(_, e)| sys::statx(e.node.fd.as_fd()).is_ok_and(|st| st.stx_nlink == 0))
+            .map(|(&ino, e)| (e.parent, ino, e.name.clone()))
+            .collect()
     }
 
     /// The mount inode already standing for a source object, if the kernel holds one.
