@@ -686,3 +686,121 @@ pub fn errno_name(n: i32) -> String {
     let s = unsafe { std::ffi::CStr::from_ptr(libc::strerror(n)) };
     format!("{n} ({})", s.to_string_lossy())
 }
+
+// ---------------------------------------------------------------------------------------------
+// hostile-input and stress tests
+
+/// How long the hostile and stress tests wait for a mount: a fresh VM can take many seconds to set
+/// up even a small pool.
+pub const SLOW_MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Daemon {
+    /// Like `start`, but waits up to `SLOW_MOUNT_TIMEOUT` for the mount, arms the watchdog with
+    /// `watchdog` instead of the default, and lets `configure` adjust the daemon's `Command` before
+    /// it is spawned (e.g. a `pre_exec` hook that lowers its RLIMIT_NOFILE).
+    pub fn start_with(
+        source: &Path,
+        mountpoint: &Path,
+        args: &[&str],
+        watchdog: Duration,
+        configure: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        let mut cmd = Command::new(bin());
+        cmd.arg("mount").arg(source).arg(mountpoint).args(args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn nitro-uring");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stderr.take().unwrap(), stderr.clone()),
+            collect(child.stdout.take().unwrap(), stdout.clone()),
+        ];
+        let _watchdog = Watchdog::arm(mountpoint, watchdog, Some(child.id() as i32));
+        let mut d = Daemon {
+            _watchdog,
+            child: Some(child),
+            mountpoint: mountpoint.to_path_buf(),
+            source: source.to_path_buf(),
+            mount: None,
+            stderr,
+            stdout,
+            readers,
+            status: None,
+        };
+        let deadline = Instant::now() + SLOW_MOUNT_TIMEOUT;
+        loop {
+            if let Some(e) = wait_for_mount(mountpoint, Duration::ZERO) {
+                d.mount = Some(e);
+                return d;
+            }
+            if let Some(st) = d.try_wait() {
+                panic!(
+                    "nitro-uring mount {} {} {args:?} exited with {st} before mounting; stderr:\n{}",
+                    source.display(),
+                    mountpoint.display(),
+                    d.stderr()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "nitro-uring mount {} {} {args:?}: no live mount after {SLOW_MOUNT_TIMEOUT:?}; \
+                     mountinfo entries there: {:?}; stderr:\n{}",
+                    source.display(),
+                    mountpoint.display(),
+                    mounts_at(mountpoint),
+                    d.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's VmRSS in kB, from /proc/PID/status.
+    pub fn rss_kb(&self) -> u64 {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("read /proc/{}/status: {e}", self.pid()));
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{}/status", self.pid()))
+    }
+
+    /// Panics if the daemon died or reported a panic on stderr.
+    #[track_caller]
+    pub fn assert_healthy(&mut self, when: &str) {
+        let alive = self.is_alive();
+        let err = self.stderr();
+        assert!(
+            alive && !err.contains("panicked"),
+            "{when}: daemon {} (stderr:\n{err})",
+            if alive { "logged a panic" } else { "died" }
+        );
+    }
+}
+
+/// Run `f` on a helper thread and wait at most `limit` for it: a read that blocks on a hung daemon
+/// fails the test (the `Daemon`'s teardown then aborts the connection, which frees the thread)
+/// instead of hanging the suite.
+#[track_caller]
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what}: did not finish within {limit:?} (hung?)")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("{what}: panicked on its helper thread")
+        }
+    }
+}
