@@ -129,28 +129,6 @@ fn leaks(o: &Output, secret: &str) -> bool {
         || String::from_utf8_lossy(&o.stderr).contains(secret)
 }
 
-/// `mount -t tmpfs none DIR`, lazily unmounted on drop (declare it before the `Daemon`, after the
-/// `Dirs`).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path) -> Tmpfs {
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1G,mode=0777", "none"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "mount -t tmpfs on {}: {st}", dir.display());
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        force_unmount(&self.0);
-    }
-}
-
 fn mount(dirs: &Dirs, args: &[&str]) -> Daemon {
     Daemon::start_with(&dirs.src, &dirs.mnt, args, WATCHDOG, |_| {})
 }

@@ -804,3 +804,25 @@ pub fn within<T: Send + 'static>(
         }
     }
 }
+
+/// `mount -t tmpfs none DIR`, lazily unmounted on drop (declare it before the `Daemon`, after the
+/// `Dirs`).
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path) -> Tmpfs {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1G,mode=0777", "none"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount -t tmpfs on {}: {st}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        force_unmount(&self.0);
+    }
+}
