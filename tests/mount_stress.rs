@@ -348,13 +348,15 @@ fn stress(mode: &str, dur: Duration) {
         let _ = done_tx.send(());
     });
     if done_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        // (no lock held while panicking: the freed readers still record into the tally)
+        let first_bad = t.examples.lock().unwrap().first().cloned();
         // Readers blocked in the mount: say why (the daemon's stderr), then let the Daemon's
         // teardown abort the connection, which frees them.
         panic!(
             "{mode}: reader threads still blocked in the mount 30 s after the writer stopped ({} reads done; {} bad so far: {:?}); daemon alive: {}; daemon stderr:\n{}",
             t.reads.load(Ordering::Relaxed),
             t.failures.load(Ordering::Relaxed),
-            t.examples.lock().unwrap().first(),
+            first_bad,
             d.is_alive(),
             d.stderr()
         );
