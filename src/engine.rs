@@ -29,8 +29,35 @@ use crate::codec::{self, Codec, DtypeHint, Scratch, formats::Layout};
 use crate::index::{Form, FxHasher, Index, Key, PIECES, SlotView, pack_block};
 use crate::policy::s3fifo::{S3Fifo, Victim};
 
+/// (dev, ino, size, mtime ns, ctime ns): what must be unchanged for cached chunks to stay valid.
+pub type Stamp = (u64, u64, u64, i64, i64);
+
+/// The stamp of an open descriptor (`fstat`).
+pub fn fd_stamp(fd: &OwnedFd) -> std::io::Result<Stamp> {
+    // SAFETY: an all-zero `stat` is a valid value of the plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open for the duration of the call and `st` is a valid, writable stat.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((
+        st.st_dev,
+        st.st_ino,
+        st.st_size as u64,
+        st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+        st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+    ))
+}
+
 /// One version of one source file. A rewrite or replacement of the source gets a new `Source` with a
 /// new `file_id`, so chunks of the old version can never be served for the new one.
+///
+/// The source can still change under a `Source` that open handles hold (truncated, extended,
+/// rewritten in place). The engine never trusts it: a fill is published only when every byte landed
+/// and `fstat` afterwards still shows `stamp` (writers update mtime/ctime before the data, so an
+/// unchanged stamp after the read means the bytes are this version's). Anything else marks the
+/// version `stale`: its misses fail with EIO from then on; its chunks already cached stay
+/// servable (they are this version's bytes), and the next open gets a new version.
 pub struct Source {
     pub file_id: u64,
     /// Buffered descriptor: always present; used when O_DIRECT is refused.
@@ -51,9 +78,50 @@ pub struct Source {
     pub compressed_logical_bytes: AtomicU64,
     pub compressed_stored_bytes: AtomicU64,
     pub compression_logged: AtomicBool,
+    /// The stamp this version was opened with.
+    pub stamp: Stamp,
+    /// The source no longer holds this version: misses fail with EIO, nothing more is read.
+    pub stale: AtomicBool,
 }
 
 impl Source {
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Marks this version stale; logs once per version.
+    pub fn mark_stale(&self, why: &str) {
+        if !self.stale.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "source changed under open handles: {} ({why}); misses now fail with EIO until reopened",
+                self.name
+            );
+        }
+    }
+
+    /// Whether the source file still is this version (by `fstat` of its descriptor); marks it
+    /// stale when not.
+    pub fn still_holds(&self) -> bool {
+        if self.is_stale() {
+            return false;
+        }
+        match fd_stamp(&self.fd) {
+            Ok(now) if now == self.stamp => true,
+            Ok(now) if now.2 != self.stamp.2 => {
+                self.mark_stale(&format!("size {} -> {}", self.stamp.2, now.2));
+                false
+            }
+            Ok(_) => {
+                self.mark_stale("modified");
+                false
+            }
+            Err(e) => {
+                self.mark_stale(&format!("fstat failed: {e}"));
+                false
+            }
+        }
+    }
+
     pub fn hint_for(&self, start: u64, end: u64) -> DtypeHint {
         match &self.layout {
             Some(l) => match l.hint_for(start, end) {
@@ -138,6 +206,10 @@ pub struct Shared {
     pub compress: CompressMode,
     /// A compressed chunk must save at least this share of its raw size, else it is evicted.
     pub min_saving: f64,
+    /// The engine thread died (panic, or io_uring failed): every read must fail with EIO at once.
+    /// `death` holds the reason and is set before `dead`.
+    pub dead: AtomicBool,
+    pub death: Mutex<Option<String>>,
 }
 
 /// Result of copying a range out of the cache.
@@ -281,7 +353,14 @@ pub struct Engine {
     encoded: Vec<u8>,
     piece_buf: Vec<u8>,
     readahead_fills: usize,
+    /// Test hook, see `FAULT_ENV`.
+    panic_on: Option<String>,
 }
+
+/// Fault injection for tests, read once when the engine starts:
+/// `NITRO_URING_FAULT=engine-panic-on=NAME` makes the engine thread panic when it starts a fill for
+/// a source file named NAME (tests/mount_engine_death.rs checks that a dead engine is loud).
+pub const FAULT_ENV: &str = "NITRO_URING_FAULT";
 
 impl Engine {
     pub fn new(
@@ -319,6 +398,9 @@ impl Engine {
             encoded: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
             piece_buf: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
             readahead_fills: max_fills.saturating_sub(max_fills / 4).max(1),
+            panic_on: std::env::var(FAULT_ENV)
+                .ok()
+                .and_then(|v| v.strip_prefix("engine-panic-on=").map(str::to_owned)),
             shared,
             ring,
             rx,
@@ -327,7 +409,8 @@ impl Engine {
     }
 
     /// Runs until `Msg::Shutdown` (or every sender is gone) and all reads in flight are done.
-    pub fn run(mut self) {
+    /// Err: the ring failed and the engine cannot go on (the caller then calls `die`).
+    pub fn run(&mut self) -> Result<(), String> {
         let mut open = true;
         loop {
             while open {
@@ -343,8 +426,8 @@ impl Engine {
             }
             let mut done = std::mem::take(&mut self.completions);
             if let Err(e) = self.ring.wait(true, &mut done) {
-                tracing::error!("io_uring wait failed: {e}");
-                break;
+                self.completions = done;
+                return Err(format!("io_uring wait failed: {e}"));
             }
             for c in done.drain(..) {
                 self.complete(c);
@@ -352,9 +435,32 @@ impl Engine {
             self.completions = done;
         }
         // Whatever is still parked gets an error rather than hanging the reader.
+        self.fail_parked();
+        Ok(())
+    }
+
+    fn fail_parked(&mut self) {
         for w in self.waiters.iter_mut() {
             if let Some(w) = w.take() {
                 w.reply.error(Errno::EIO);
+            }
+        }
+        self.backlog.clear();
+    }
+
+    /// After the engine failed (`run` returned Err or panicked): records why, fails every parked
+    /// read with EIO, and answers every read still sent (those that raced with `dead`) with EIO
+    /// until shutdown. Nothing else is done: the engine's state is not trusted any more.
+    pub fn die(&mut self, reason: String) {
+        tracing::error!("fill engine failed: {reason}; reads now fail with EIO, unmounting");
+        *self.shared.death.lock() = Some(reason);
+        self.shared.dead.store(true, Ordering::SeqCst);
+        self.fail_parked();
+        loop {
+            match self.rx.recv() {
+                Ok(Msg::Read { reply, .. }) => reply.error(Errno::EIO),
+                Ok(Msg::Shutdown) | Err(_) => break,
+                Ok(_) => {}
             }
         }
     }
@@ -385,6 +491,9 @@ impl Engine {
                 first,
                 last,
             } => {
+                if src.is_stale() {
+                    return;
+                }
                 let last_chunk = src.size.saturating_sub(1) / self.shared.chunk_bytes;
                 for chunk in first..=last.min(last_chunk) {
                     if self.in_flight.len() >= self.readahead_fills {
@@ -479,6 +588,12 @@ impl Engine {
             }
             return;
         };
+        if src.is_stale() {
+            // This version is gone from the source: nothing more is read for it.
+            let w = self.unpark(wi);
+            w.reply.error(Errno::EIO);
+            return;
+        }
         if rounds >= MAX_ROUNDS {
             let w = self.unpark(wi);
             self.serve_uncached(w);
@@ -527,9 +642,23 @@ impl Engine {
             .stats
             .uncached_reads
             .fetch_add(1, Ordering::Relaxed);
-        let buf = &mut self.scratch[..w.size as usize];
+        if w.src.is_stale() {
+            return w.reply.error(Errno::EIO);
+        }
+        let want = u64::from(w.size).min(w.src.size.saturating_sub(w.offset)) as usize;
+        let buf = &mut self.scratch[..want];
         match pread_full(&w.src.fd, buf, w.offset) {
-            Ok(n) => w.reply.data(&self.scratch[..n]),
+            Ok(n) if n < want => {
+                w.src.mark_stale(&format!(
+                    "end of file at {} before its size {}",
+                    w.offset + n as u64,
+                    w.src.size
+                ));
+                w.reply.error(Errno::EIO)
+            }
+            // Served only if the file still is this version after the read (see `Source`).
+            Ok(n) if w.src.still_holds() => w.reply.data(&self.scratch[..n]),
+            Ok(_) => w.reply.error(Errno::EIO),
             Err(e) => w.reply.error(errno_of(&e)),
         }
     }
@@ -704,8 +833,14 @@ impl Engine {
     fn start_fill(&mut self, src: &Arc<Source>, key: Key, filler: u64) -> Option<u32> {
         debug_assert!(!self.in_flight.contains_key(&key));
         let chunk_start = key.chunk * self.shared.chunk_bytes;
-        if chunk_start >= src.size {
+        if chunk_start >= src.size || src.is_stale() {
             return None;
+        }
+        if self.panic_on.as_deref() == Some(&*src.name) {
+            panic!(
+                "fault injection ({FAULT_ENV}): fill of {} started",
+                src.name
+            );
         }
         let want = (src.size - chunk_start).min(self.shared.chunk_bytes) as usize;
         let f = self.free_fills.pop()?;
@@ -741,22 +876,32 @@ impl Engine {
         Some(f)
     }
 
+    /// Submits the next read of a fill: the rest of its chunk, from `done_bytes` on.
     fn submit(&mut self, f: u32) {
-        let fill = self.fills[f as usize].as_ref().expect("fill");
+        let Some(fill) = self.fills[f as usize].as_mut() else {
+            debug_assert!(false, "submit of a free fill {f}");
+            return;
+        };
         let done = fill.done_bytes as usize;
+        let rest = fill.want_bytes as usize - done;
+        // O_DIRECT needs page-aligned offsets; after a short read left `done` unaligned, the
+        // buffered descriptor finishes the chunk.
+        if fill.direct && !done.is_multiple_of(PAGE_BYTES) {
+            fill.direct = false;
+        }
         let (fd, len) = match (&fill.src.direct_fd, fill.direct) {
             // O_DIRECT wants page-aligned lengths; the block has room for the rounded length and the
             // kernel stops at end of file.
-            (Some(d), true) => (
-                d.as_raw_fd(),
-                (fill.want_bytes as usize - done).next_multiple_of(PAGE_BYTES),
-            ),
-            _ => (fill.src.fd.as_raw_fd(), fill.want_bytes as usize - done),
+            (Some(d), true) => (d.as_raw_fd(), rest.next_multiple_of(PAGE_BYTES)),
+            _ => (fill.src.fd.as_raw_fd(), rest),
         };
-        assert!(done + len <= fill.block.capacity_bytes());
+        // Never past the block, whatever the lengths above say.
+        let len = len.min(fill.block.capacity_bytes().saturating_sub(done));
+        debug_assert!(len > 0, "fill {f} has nothing left to read");
         let offset = fill.key.chunk * self.shared.chunk_bytes + done as u64;
         // SAFETY: the block belongs to this fill alone until it is published or freed in
-        // `complete`, and `fill.src` keeps the descriptor open until then.
+        // `complete`, `done + len` is within its capacity, and `fill.src` keeps the descriptor
+        // open until then.
         let ptr = unsafe { self.shared.arena.block_ptr(fill.block).add(done) };
         // SAFETY: as above.
         let pushed = unsafe {
@@ -778,41 +923,41 @@ impl Engine {
             self.submit(f);
             return;
         }
-        if c.result > 0 {
-            fill.done_bytes = (fill.done_bytes + c.result as u32).min(fill.want_bytes);
-            if fill.done_bytes < fill.want_bytes {
-                self.submit(f);
-                return;
-            }
+        // What the source's answer says about this version: Ok(true) when the chunk is complete,
+        // Ok(false) to read on, Err(errno) to fail the fill.
+        let outcome = if c.result > 0 {
+            // An O_DIRECT read of the last chunk asks for whole pages, so it may get more than
+            // the version's size: bytes of a grown file, or (FUSE sources) the page-rounded count
+            // of an unchanged one. The excess lands in the block's slack and is never served; the
+            // `fstat` check below tells a grown file from an unchanged one.
+            let rest = fill.want_bytes - fill.done_bytes;
+            fill.done_bytes += (c.result as u32).min(rest);
+            Ok(fill.done_bytes == fill.want_bytes)
+        } else if c.result == 0 {
+            // End of file before the size the version says: the file shrank.
+            let at = fill.key.chunk * self.shared.chunk_bytes + u64::from(fill.done_bytes);
+            fill.src.mark_stale(&format!(
+                "end of file at {at} before its size {}",
+                fill.src.size
+            ));
+            Err(Errno::EIO)
+        } else {
+            Err(Errno::from_i32(-c.result))
+        };
+        if matches!(outcome, Ok(false)) {
+            self.submit(f);
+            return;
         }
         let fill = self.fills[f as usize].take().expect("fill");
         self.free_fills.push(f);
         self.in_flight.remove(&fill.key);
-        if c.result <= 0 {
-            // A source error, or end of file before the size we saw at open (file shrank).
-            let errno = if c.result < 0 {
-                Errno::from_i32(-c.result)
-            } else {
-                Errno::EIO
-            };
-            self.shared.arena.free(fill.block);
-            self.free_slots.push(fill.slot);
-            self.shared
-                .stats
-                .fill_errors
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                "ERROR {} chunk {}: {}",
-                fill.src.name,
-                fill.key.chunk,
-                std::io::Error::from_raw_os_error(errno.code())
-            );
-            let mut next = fill.waiters;
-            while let Some(wi) = next {
-                let w = self.unpark(wi);
-                next = w.next;
-                w.reply.error(errno);
-            }
+        // Every byte landed: publish only if the file still is this version (see `Source`).
+        let outcome = match outcome {
+            Ok(_) if !fill.src.still_holds() => Err(Errno::EIO),
+            o => o,
+        };
+        if let Err(errno) = outcome {
+            self.fail_fill(fill, errno);
             return;
         }
         if !fill.direct {
@@ -855,6 +1000,32 @@ impl Engine {
                 .as_mut()
                 .and_then(|w| w.next.take());
             self.evaluate(wi);
+        }
+    }
+
+    /// Discards a fill that did not produce this version's bytes: block and slot freed, nothing
+    /// published, every waiter gets `errno`.
+    fn fail_fill(&mut self, fill: Fill, errno: Errno) {
+        self.shared.arena.free(fill.block);
+        self.free_slots.push(fill.slot);
+        self.shared
+            .stats
+            .fill_errors
+            .fetch_add(1, Ordering::Relaxed);
+        if !fill.src.is_stale() {
+            // A stale version was logged once when it went stale.
+            tracing::warn!(
+                "ERROR {} chunk {}: {}",
+                fill.src.name,
+                fill.key.chunk,
+                std::io::Error::from_raw_os_error(errno.code())
+            );
+        }
+        let mut next = fill.waiters;
+        while let Some(wi) = next {
+            let w = self.unpark(wi);
+            next = w.next;
+            w.reply.error(errno);
         }
     }
 

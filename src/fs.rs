@@ -34,7 +34,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::codec::DtypeHint;
 use crate::codec::formats::{self, Layout, Parsed};
-use crate::engine::{Copied, Msg, Shared, Source, errno_of, pread_full};
+use crate::engine::{Copied, Msg, Shared, Source, Stamp, errno_of, pread_full};
 use crate::index::Key;
 
 /// How the kernel's page cache is used for file data (see README, "Kernel cooperation").
@@ -45,9 +45,6 @@ pub enum CacheMode {
     /// FOPEN_KEEP_CACHE: the page cache keeps what was read; repeats never reach the daemon.
     Keep,
 }
-
-/// (dev, ino, size, mtime ns, ctime ns): what must be unchanged for cached chunks to stay valid.
-type Stamp = (u64, u64, u64, i64, i64);
 
 fn stamp(m: &std::fs::Metadata) -> Stamp {
     (
@@ -256,6 +253,8 @@ impl NitroFs {
             compressed_logical_bytes: AtomicU64::new(0),
             compressed_stored_bytes: AtomicU64::new(0),
             compression_logged: std::sync::atomic::AtomicBool::new(false),
+            stamp: now,
+            stale: std::sync::atomic::AtomicBool::new(false),
         });
         let old = current.replace((now, src.file_id, Arc::downgrade(&src)));
         let changed = match old {
@@ -541,6 +540,9 @@ impl Filesystem for NitroFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.shared.dead.load(Ordering::Relaxed) {
+            return reply.error(Errno::EIO); // the fill engine died (see `Engine::die`)
+        }
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
@@ -584,6 +586,9 @@ impl Filesystem for NitroFs {
         _lock_owner: Option<fuser::LockOwner>,
         mut reply: ReplyData,
     ) {
+        if self.shared.dead.load(Ordering::Relaxed) {
+            return reply.error(Errno::EIO); // the fill engine died (see `Engine::die`)
+        }
         let Some(h) = self.handle(fh) else {
             return reply.error(Errno::EBADF);
         };

@@ -171,18 +171,23 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
             let _ = done_tx.send(());
         }
     });
-    // Wake on a signal, or notice an unmount from outside.
+    // Wake on a signal, or notice an unmount from outside or a dead fill engine.
     loop {
         if done_rx
             .recv_timeout(std::time::Duration::from_millis(200))
             .is_ok()
             || mounted.finished()
+            || mounted.engine_failure().is_some()
         {
             break;
         }
     }
     handle.close();
+    let failure = mounted.engine_failure();
     let r = mounted.unmount();
     let _ = watcher.join();
-    r
+    match failure {
+        Some(reason) => Err(anyhow::anyhow!("fill engine failed: {reason}")),
+        None => r,
+    }
 }

@@ -309,6 +309,17 @@ pub fn umount(path: &Path, lazy: bool) -> Result<()> {
     Err(anyhow!("unmount {}: {}", path.display(), err))
 }
 
+/// The message of a panic payload (`panic!` with a literal or a format string).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".into()
+    }
+}
+
 /// Best effort: a larger per-request limit lets one FUSE read cover a whole chunk.
 fn raise_max_pages(chunk_bytes: u64) {
     let want = (chunk_bytes / PAGE_BYTES as u64).max(256);
@@ -367,6 +378,8 @@ impl Mounted {
             last_fill: parking_lot::Mutex::new(None),
             compress: cfg.compress,
             min_saving: crate::codec::DEFAULT_MIN_SAVING,
+            dead: std::sync::atomic::AtomicBool::new(false),
+            death: parking_lot::Mutex::new(None),
         });
         let (tx, rx) = crossbeam_channel::bounded(4096);
         // The engine needs the session's notifier, which exists only once mounted; the ring (and its
@@ -425,7 +438,19 @@ impl Mounted {
         let unmounter = session.unmount_callable();
         let engine = std::thread::Builder::new()
             .name("nitro-ring".into())
-            .spawn(move || engine.run())?;
+            .spawn(move || {
+                let mut engine = engine;
+                // A dead engine must be loud, not a mount whose misses hang or fail in silence:
+                // record why, fail what is parked and what still comes, and let the owner of the
+                // mount (`engine_failure`) unmount.
+                let reason =
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run())) {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => e,
+                        Err(payload) => format!("ring thread panicked: {}", panic_text(&*payload)),
+                    };
+                engine.die(reason);
+            })?;
         let session = std::thread::Builder::new()
             .name("nitro-fuse".into())
             .spawn(move || session.run())?;
@@ -460,6 +485,18 @@ impl Mounted {
 
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Why the fill engine died, if it did; the mount then answers every read with EIO and
+    /// should be unmounted.
+    pub fn engine_failure(&self) -> Option<String> {
+        if let Some(reason) = self.shared.death.lock().clone() {
+            return Some(reason);
+        }
+        if self.engine.as_ref().is_some_and(|e| e.is_finished()) {
+            return Some("the ring thread exited".into());
+        }
+        None
     }
 
     /// Whether the session has ended (unmounted from outside).
