@@ -458,11 +458,12 @@ impl Mounted {
         let conn_dev = mount_entry(&cfg.mountpoint).map(|(dev, _)| dev);
         let heartbeat = crate::heartbeat::spawn(shared.clone());
         tracing::info!(
-            "MOUNT {} -> {} pool {} MiB chunk {} KiB mode {:?} threads {}",
+            "MOUNT {} -> {} pool {} MiB chunk {} KiB readahead {} KiB mode {:?} threads {}",
             source.display(),
             cfg.mountpoint.display(),
             cfg.pool_bytes >> 20,
             cfg.chunk_bytes >> 10,
+            cfg.readahead_bytes >> 10,
             cfg.cache_mode,
             cfg.threads
         );
