@@ -130,7 +130,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Mount(a) => run_mount(*a),
         Cmd::Bench(a) => nitro_uring::bench::run(*a),
-        Cmd::Umount { mountpoint } => nitro_uring::mount::umount(&mountpoint, false),
+        Cmd::Umount { mountpoint } => nitro_uring::mount::umount_nitro(&mountpoint),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -224,10 +224,22 @@ pub fn mem_available_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The mountinfo line fields (major:minor, mount point, fstype) for `path`, if it is a mount point.
+/// The mountinfo fields (major:minor, fstype) of the mount at `path` (the topmost, when several
+/// are stacked there), if it is a mount point.
 fn mount_entry(path: &Path) -> Option<(String, String)> {
-    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    // A dead FUSE mount cannot be canonicalized itself (stat fails); its parent can.
+    let want = std::fs::canonicalize(path)
+        .ok()
+        .or_else(|| {
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            Some(std::fs::canonicalize(parent).ok()?.join(path.file_name()?))
+        })
+        .unwrap_or_else(|| path.to_path_buf());
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut found = None;
     for line in text.lines() {
         let f: Vec<&str> = line.split(' ').collect();
         if f.len() < 10 {
@@ -235,11 +247,28 @@ fn mount_entry(path: &Path) -> Option<(String, String)> {
         }
         let mp = unescape(f[4]);
         if Path::new(&mp) == want || Path::new(&mp) == path {
-            let dash = f.iter().position(|x| *x == "-")?;
-            return Some((f[2].to_string(), f.get(dash + 1)?.to_string()));
+            let Some(dash) = f.iter().position(|x| *x == "-") else {
+                continue;
+            };
+            if let Some(fstype) = f.get(dash + 1) {
+                found = Some((f[2].to_string(), fstype.to_string()));
+            }
         }
     }
-    None
+    found
+}
+
+/// `nitro-uring umount PATH`: unmounts PATH only when it is a nitro-uring mount, so a typo or a
+/// wrong path never unmounts someone else's filesystem.
+pub fn umount_nitro(path: &Path) -> Result<()> {
+    match mount_entry(path) {
+        Some((_, fstype)) if fstype == FSTYPE => umount(path, false),
+        Some((_, fstype)) => bail!("{} is not a nitro-uring mount ({fstype})", path.display()),
+        None => bail!(
+            "{} is not a nitro-uring mount (not a mount point)",
+            path.display()
+        ),
+    }
 }
 
 fn unescape(s: &str) -> String {
