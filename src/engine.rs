@@ -34,6 +34,11 @@ pub type Stamp = (u64, u64, u64, i64, i64);
 
 /// The stamp of an open descriptor (`fstat`).
 pub fn fd_stamp(fd: &OwnedFd) -> std::io::Result<Stamp> {
+    fd_stat(fd).map(|(stamp, _)| stamp)
+}
+
+/// The stamp and link count of an open descriptor.
+fn fd_stat(fd: &OwnedFd) -> std::io::Result<(Stamp, u64)> {
     // SAFETY: an all-zero `stat` is a valid value of the plain C struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `fd` is open for the duration of the call and `st` is a valid, writable stat.
@@ -41,11 +46,14 @@ pub fn fd_stamp(fd: &OwnedFd) -> std::io::Result<Stamp> {
         return Err(std::io::Error::last_os_error());
     }
     Ok((
-        st.st_dev,
-        st.st_ino,
-        st.st_size as u64,
-        st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
-        st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+        (
+            st.st_dev,
+            st.st_ino,
+            st.st_size as u64,
+            st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+            st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+        ),
+        st.st_nlink as u64,
     ))
 }
 
@@ -105,9 +113,18 @@ impl Source {
         if self.is_stale() {
             return false;
         }
-        match fd_stamp(&self.fd) {
-            Ok(now) if now == self.stamp => true,
-            Ok(now) if now.2 != self.stamp.2 => {
+        match fd_stat(&self.fd) {
+            Ok((now, _)) if now == self.stamp => true,
+            // Deleted, or replaced by a rename over it (how model files are updated): the unlink
+            // moved ctime, but size and mtime say the data did not change, and no path leads to
+            // the inode any more. Open handles keep reading the version they opened.
+            Ok(((dev, ino, size, mtime, _), 0))
+                if (dev, ino, size, mtime)
+                    == (self.stamp.0, self.stamp.1, self.stamp.2, self.stamp.3) =>
+            {
+                true
+            }
+            Ok((now, _)) if now.2 != self.stamp.2 => {
                 self.mark_stale(&format!("size {} -> {}", self.stamp.2, now.2));
                 false
             }
@@ -452,7 +469,7 @@ impl Engine {
     /// read with EIO, and answers every read still sent (those that raced with `dead`) with EIO
     /// until shutdown. Nothing else is done: the engine's state is not trusted any more.
     pub fn die(&mut self, reason: String) {
-        tracing::error!("fill engine failed: {reason}; reads now fail with EIO, unmounting");
+        tracing::error!("fill engine failed: {reason}; reads now fail with EIO");
         *self.shared.death.lock() = Some(reason);
         self.shared.dead.store(true, Ordering::SeqCst);
         self.fail_parked();
@@ -1076,4 +1093,137 @@ pub fn pread_full(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> std::io::Result<
 
 pub fn errno_of(e: &std::io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn source_of(path: &std::path::Path) -> Source {
+        let file = std::fs::File::open(path).expect("open test file");
+        let fd = OwnedFd::from(file);
+        let stamp = fd_stamp(&fd).expect("fstat test file");
+        Source {
+            file_id: 1,
+            fd,
+            direct_fd: None,
+            size: stamp.2,
+            name: "t".into(),
+            fuse_ino: 2,
+            layout: None,
+            default_hint: DtypeHint::Unknown,
+            compressed_logical_bytes: AtomicU64::new(0),
+            compressed_stored_bytes: AtomicU64::new(0),
+            compression_logged: AtomicBool::new(false),
+            stamp,
+            stale: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn fd_stamp_matches_the_path_metadata() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"hello").expect("write");
+        let m = std::fs::metadata(&p).expect("stat");
+        let src = source_of(&p);
+        assert_eq!(
+            src.stamp,
+            (
+                m.dev(),
+                m.ino(),
+                5,
+                m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            )
+        );
+    }
+
+    #[test]
+    fn an_unchanged_file_still_holds_its_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 10_000]).expect("write");
+        let src = source_of(&p);
+        assert!(src.still_holds());
+        assert!(src.still_holds());
+        assert!(!src.is_stale());
+    }
+
+    #[test]
+    fn truncation_makes_the_version_stale_for_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 10_000]).expect("write");
+        let src = source_of(&p);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_len(100))
+            .expect("truncate");
+        assert!(!src.still_holds());
+        assert!(src.is_stale());
+        // Growing back to the old size does not make it this version again.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_len(10_000))
+            .expect("extend");
+        assert!(!src.still_holds());
+    }
+
+    #[test]
+    fn an_in_place_write_of_the_same_size_makes_the_version_stale() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 10_000]).expect("write");
+        let src = source_of(&p);
+        // Same size: only mtime/ctime tell. Wait out coarse timestamp granularity first.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .expect("open for write");
+        f.write_all(&[9u8; 100]).expect("write");
+        drop(f);
+        assert_eq!(std::fs::metadata(&p).expect("stat").len(), 10_000);
+        assert!(!src.still_holds());
+        assert!(src.is_stale());
+    }
+
+    #[test]
+    fn a_file_replaced_by_rename_keeps_the_version_of_open_handles() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 10_000]).expect("write");
+        let src = source_of(&p);
+        // Rename over it: the path now names another inode; the held fd still reads the old one,
+        // whose data did not change (only its ctime, by the unlink).
+        let q = dir.path().join("g");
+        std::fs::write(&q, vec![8u8; 10_000]).expect("write");
+        std::fs::rename(&q, &p).expect("rename");
+        assert!(
+            src.still_holds(),
+            "the held descriptor still reads the old inode"
+        );
+        std::fs::remove_file(&p).expect("unlink");
+        assert!(
+            src.still_holds(),
+            "deleted: the held descriptor still reads the old inode"
+        );
+    }
+
+    #[test]
+    fn mark_stale_is_sticky() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"x").expect("write");
+        let src = source_of(&p);
+        src.mark_stale("test");
+        src.mark_stale("again");
+        assert!(src.is_stale());
+        assert!(!src.still_holds());
+    }
 }

@@ -95,6 +95,7 @@ fn assert_still_serving(d: &mut Daemon, dirs: &Dirs, what: &str) {
         "{what}: the daemon died; stderr:\n{}",
         d.stderr()
     );
+    eprintln!("{what}: daemon stderr:\n{}", d.stderr());
     assert!(
         !d.stderr().contains("panicked"),
         "{what}: a thread panicked; stderr:\n{}",
@@ -188,4 +189,26 @@ fn rewritten_in_place_under_an_open_handle() {
     assert_old_bytes_or_eio(&f, &old, MIB, 4096, "rewritten");
     assert_old_bytes_or_eio(&f, &old, 2 * MIB - 100, 8192, "rewritten, spanning");
     assert_still_serving(&mut d, &dirs, "rewritten");
+}
+
+/// Replaced by a rename over it (how model files are updated): the old handle still reads the old
+/// inode, unchanged, so it keeps getting exactly the old bytes; a fresh open gets the new file.
+#[test]
+fn replaced_by_rename_under_an_open_handle() {
+    let dirs = Dirs::new();
+    let (mut d, f, old) = setup(&dirs);
+    let tmp = dirs.root.path().join("f.new");
+    write_file(&tmp, &pattern(NEW_SEED, F_LEN + MIB as usize));
+    fs::rename(&tmp, dirs.src.join("f")).unwrap();
+    for (off, len) in [(MIB, 4096), (2 * MIB - 100, 8192), (3 * MIB - 4096, 4096)] {
+        let got = pread_bounded(&f, len, off)
+            .unwrap_or_else(|| panic!("replaced: pread({off}, {len}) hung"))
+            .unwrap_or_else(|e| panic!("replaced: pread({off}, {len}) on the old handle: {e}"));
+        assert_bytes_eq(
+            &got,
+            &old[off as usize..off as usize + len],
+            &format!("replaced: pread({off}, {len}) on the old handle"),
+        );
+    }
+    assert_still_serving(&mut d, &dirs, "replaced by rename");
 }
