@@ -32,8 +32,42 @@ use crate::policy::s3fifo::{S3Fifo, Victim};
 /// (dev, ino, size, mtime ns, ctime ns): what must not change for cached bytes to stay a version's.
 pub type Stamp = (u64, u64, u64, i64, i64);
 
+/// The stamp of an open descriptor.
+pub fn fd_stamp(fd: &OwnedFd) -> std::io::Result<Stamp> {
+    fd_stat(fd).map(|(stamp, _)| stamp)
+}
+
+/// The stamp and link count of an open descriptor (`statx`, so every field has one fixed type).
+fn fd_stat(fd: &OwnedFd) -> std::io::Result<(Stamp, u64)> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    let st = rustix::fs::statx(fd, c"", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error()))?;
+    let ns = |t: &rustix::fs::StatxTimestamp| {
+        t.tv_sec
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(t.tv_nsec))
+    };
+    Ok((
+        (
+            rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+            st.stx_ino,
+            st.stx_size,
+            ns(&st.stx_mtime),
+            ns(&st.stx_ctime),
+        ),
+        u64::from(st.stx_nlink),
+    ))
+}
+
 /// One version of one source file. A rewrite or replacement of the source gets a new `Source` with a
 /// new `file_id`, so chunks of the old version can never be served for the new one.
+///
+/// The source can still change under a `Source` that open handles hold (truncated, extended,
+/// rewritten in place). The engine never trusts it: a fill is published only when every byte landed
+/// and `fstat` afterwards still shows `stamp` (writers update mtime/ctime before the data, so an
+/// unchanged stamp after the read means the bytes are this version's). Anything else marks the
+/// version `stale`: its misses fail with EIO from then on; its chunks already cached stay
+/// servable (they are this version's bytes), and the next open gets a new version.
 pub struct Source {
     pub file_id: u64,
     /// Buffered descriptor: always present; used when O_DIRECT is refused.
@@ -57,11 +91,57 @@ pub struct Source {
     pub compression_logged: Arc<AtomicBool>,
     /// The stamp this version was opened with.
     pub stamp: Stamp,
-    /// The source no longer matches `stamp` (changed under open handles): misses fail with EIO.
+    /// The source no longer holds this version: misses fail with EIO, nothing more is read.
     pub stale: AtomicBool,
 }
 
 impl Source {
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Marks this version stale; logs once per version.
+    pub fn mark_stale(&self, why: &str) {
+        if !self.stale.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "source changed under open handles: {} ({why}); misses now fail with EIO until reopened",
+                self.name
+            );
+        }
+    }
+
+    /// Whether the source file still is this version (by `fstat` of its descriptor); marks it
+    /// stale when not.
+    pub fn still_holds(&self) -> bool {
+        if self.is_stale() {
+            return false;
+        }
+        match fd_stat(&self.fd) {
+            Ok((now, _)) if now == self.stamp => true,
+            // Deleted, or replaced by a rename over it (how model files are updated): the unlink
+            // moved ctime, but size and mtime say the data did not change, and no path leads to
+            // the inode any more. Open handles keep reading the version they opened.
+            Ok(((dev, ino, size, mtime, _), 0))
+                if (dev, ino, size, mtime)
+                    == (self.stamp.0, self.stamp.1, self.stamp.2, self.stamp.3) =>
+            {
+                true
+            }
+            Ok((now, _)) if now.2 != self.stamp.2 => {
+                self.mark_stale(&format!("size {} -> {}", self.stamp.2, now.2));
+                false
+            }
+            Ok(_) => {
+                self.mark_stale("modified");
+                false
+            }
+            Err(e) => {
+                self.mark_stale(&format!("fstat failed: {e}"));
+                false
+            }
+        }
+    }
+
     pub fn hint_for(&self, start: u64, end: u64) -> DtypeHint {
         match &self.layout {
             Some(l) => match l.hint_for(start, end) {
@@ -146,6 +226,10 @@ pub struct Shared {
     pub compress: CompressMode,
     /// A compressed chunk must save at least this share of its raw size, else it is evicted.
     pub min_saving: f64,
+    /// The engine thread died (panic, or io_uring failed): every read must fail with EIO at once.
+    /// `death` holds the reason and is set before `dead`.
+    pub dead: AtomicBool,
+    pub death: Mutex<Option<String>>,
 }
 
 /// Result of copying a range out of the cache.
@@ -289,7 +373,14 @@ pub struct Engine {
     encoded: Vec<u8>,
     piece_buf: Vec<u8>,
     readahead_fills: usize,
+    /// Test hook, see `FAULT_ENV`.
+    panic_on: Option<String>,
 }
+
+/// Fault injection for tests, read once when the engine starts:
+/// `NITRO_URING_FAULT=engine-panic-on=NAME` makes the engine thread panic when it starts a fill for
+/// a source file named NAME (tests/mount_engine_death.rs checks that a dead engine is loud).
+pub const FAULT_ENV: &str = "NITRO_URING_FAULT";
 
 impl Engine {
     pub fn new(
@@ -327,6 +418,9 @@ impl Engine {
             encoded: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
             piece_buf: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
             readahead_fills: max_fills.saturating_sub(max_fills / 4).max(1),
+            panic_on: std::env::var(FAULT_ENV)
+                .ok()
+                .and_then(|v| v.strip_prefix("engine-panic-on=").map(str::to_owned)),
             shared,
             ring,
             rx,
@@ -335,7 +429,8 @@ impl Engine {
     }
 
     /// Runs until `Msg::Shutdown` (or every sender is gone) and all reads in flight are done.
-    pub fn run(mut self) {
+    /// Err: the ring failed and the engine cannot go on (the caller then calls `die`).
+    pub fn run(&mut self) -> Result<(), String> {
         let mut open = true;
         loop {
             while open {
@@ -351,8 +446,8 @@ impl Engine {
             }
             let mut done = std::mem::take(&mut self.completions);
             if let Err(e) = self.ring.wait(true, &mut done) {
-                tracing::error!("io_uring wait failed: {e}");
-                break;
+                self.completions = done;
+                return Err(format!("io_uring wait failed: {e}"));
             }
             for c in done.drain(..) {
                 self.complete(c);
@@ -360,9 +455,32 @@ impl Engine {
             self.completions = done;
         }
         // Whatever is still parked gets an error rather than hanging the reader.
+        self.fail_parked();
+        Ok(())
+    }
+
+    fn fail_parked(&mut self) {
         for w in self.waiters.iter_mut() {
             if let Some(w) = w.take() {
                 w.reply.error(Errno::EIO);
+            }
+        }
+        self.backlog.clear();
+    }
+
+    /// After the engine failed (`run` returned Err or panicked): records why, fails every parked
+    /// read with EIO, and answers every read still sent (those that raced with `dead`) with EIO
+    /// until shutdown. Nothing else is done: the engine's state is not trusted any more.
+    pub fn die(&mut self, reason: String) {
+        tracing::error!("fill engine failed: {reason}; reads now fail with EIO");
+        *self.shared.death.lock() = Some(reason);
+        self.shared.dead.store(true, Ordering::SeqCst);
+        self.fail_parked();
+        loop {
+            match self.rx.recv() {
+                Ok(Msg::Read { reply, .. }) => reply.error(Errno::EIO),
+                Ok(Msg::Shutdown) | Err(_) => break,
+                Ok(_) => {}
             }
         }
     }
@@ -393,6 +511,9 @@ impl Engine {
                 first,
                 last,
             } => {
+                if src.is_stale() {
+                    return;
+                }
                 let last_chunk = src.size.saturating_sub(1) / self.shared.chunk_bytes;
                 for chunk in first..=last.min(last_chunk) {
                     if self.in_flight.len() >= self.readahead_fills {
@@ -487,6 +608,12 @@ impl Engine {
             }
             return;
         };
+        if src.is_stale() {
+            // This version is gone from the source: nothing more is read for it.
+            let w = self.unpark(wi);
+            w.reply.error(Errno::EIO);
+            return;
+        }
         if rounds >= MAX_ROUNDS {
             let w = self.unpark(wi);
             self.serve_uncached(w);
@@ -535,9 +662,23 @@ impl Engine {
             .stats
             .uncached_reads
             .fetch_add(1, Ordering::Relaxed);
-        let buf = &mut self.scratch[..w.size as usize];
+        if w.src.is_stale() {
+            return w.reply.error(Errno::EIO);
+        }
+        let want = u64::from(w.size).min(w.src.size.saturating_sub(w.offset)) as usize;
+        let buf = &mut self.scratch[..want];
         match pread_full(&w.src.fd, buf, w.offset) {
-            Ok(n) => w.reply.data(&self.scratch[..n]),
+            Ok(n) if n < want => {
+                w.src.mark_stale(&format!(
+                    "end of file at {} before its size {}",
+                    w.offset + n as u64,
+                    w.src.size
+                ));
+                w.reply.error(Errno::EIO)
+            }
+            // Served only if the file still is this version after the read (see `Source`).
+            Ok(n) if w.src.still_holds() => w.reply.data(&self.scratch[..n]),
+            Ok(_) => w.reply.error(Errno::EIO),
             Err(e) => w.reply.error(errno_of(&e)),
         }
     }
@@ -712,8 +853,14 @@ impl Engine {
     fn start_fill(&mut self, src: &Arc<Source>, key: Key, filler: u64) -> Option<u32> {
         debug_assert!(!self.in_flight.contains_key(&key));
         let chunk_start = key.chunk * self.shared.chunk_bytes;
-        if chunk_start >= src.size {
+        if chunk_start >= src.size || src.is_stale() {
             return None;
+        }
+        if self.panic_on.as_deref() == Some(&*src.name) {
+            panic!(
+                "fault injection ({FAULT_ENV}): fill of {} started",
+                src.name
+            );
         }
         let want = (src.size - chunk_start).min(self.shared.chunk_bytes) as usize;
         let f = self.free_fills.pop()?;
@@ -749,22 +896,32 @@ impl Engine {
         Some(f)
     }
 
+    /// Submits the next read of a fill: the rest of its chunk, from `done_bytes` on.
     fn submit(&mut self, f: u32) {
-        let fill = self.fills[f as usize].as_ref().expect("fill");
+        let Some(fill) = self.fills[f as usize].as_mut() else {
+            debug_assert!(false, "submit of a free fill {f}");
+            return;
+        };
         let done = fill.done_bytes as usize;
+        let rest = fill.want_bytes as usize - done;
+        // O_DIRECT needs page-aligned offsets; after a short read left `done` unaligned, the
+        // buffered descriptor finishes the chunk.
+        if fill.direct && !done.is_multiple_of(PAGE_BYTES) {
+            fill.direct = false;
+        }
         let (fd, len) = match (&fill.src.direct_fd, fill.direct) {
             // O_DIRECT wants page-aligned lengths; the block has room for the rounded length and the
             // kernel stops at end of file.
-            (Some(d), true) => (
-                d.as_raw_fd(),
-                (fill.want_bytes as usize - done).next_multiple_of(PAGE_BYTES),
-            ),
-            _ => (fill.src.fd.as_raw_fd(), fill.want_bytes as usize - done),
+            (Some(d), true) => (d.as_raw_fd(), rest.next_multiple_of(PAGE_BYTES)),
+            _ => (fill.src.fd.as_raw_fd(), rest),
         };
-        assert!(done + len <= fill.block.capacity_bytes());
+        // Never past the block, whatever the lengths above say.
+        let len = len.min(fill.block.capacity_bytes().saturating_sub(done));
+        debug_assert!(len > 0, "fill {f} has nothing left to read");
         let offset = fill.key.chunk * self.shared.chunk_bytes + done as u64;
         // SAFETY: the block belongs to this fill alone until it is published or freed in
-        // `complete`, and `fill.src` keeps the descriptor open until then.
+        // `complete`, `done + len` is within its capacity, and `fill.src` keeps the descriptor
+        // open until then.
         let ptr = unsafe { self.shared.arena.block_ptr(fill.block).add(done) };
         // SAFETY: as above.
         let pushed = unsafe {
@@ -786,41 +943,41 @@ impl Engine {
             self.submit(f);
             return;
         }
-        if c.result > 0 {
-            fill.done_bytes = (fill.done_bytes + c.result as u32).min(fill.want_bytes);
-            if fill.done_bytes < fill.want_bytes {
-                self.submit(f);
-                return;
-            }
+        // What the source's answer says about this version: Ok(true) when the chunk is complete,
+        // Ok(false) to read on, Err(errno) to fail the fill.
+        let outcome = if c.result > 0 {
+            // An O_DIRECT read of the last chunk asks for whole pages, so it may get more than
+            // the version's size: bytes of a grown file, or (FUSE sources) the page-rounded count
+            // of an unchanged one. The excess lands in the block's slack and is never served; the
+            // `fstat` check below tells a grown file from an unchanged one.
+            let rest = fill.want_bytes - fill.done_bytes;
+            fill.done_bytes += (c.result as u32).min(rest);
+            Ok(fill.done_bytes == fill.want_bytes)
+        } else if c.result == 0 {
+            // End of file before the size the version says: the file shrank.
+            let at = fill.key.chunk * self.shared.chunk_bytes + u64::from(fill.done_bytes);
+            fill.src.mark_stale(&format!(
+                "end of file at {at} before its size {}",
+                fill.src.size
+            ));
+            Err(Errno::EIO)
+        } else {
+            Err(Errno::from_i32(-c.result))
+        };
+        if matches!(outcome, Ok(false)) {
+            self.submit(f);
+            return;
         }
         let fill = self.fills[f as usize].take().expect("fill");
         self.free_fills.push(f);
         self.in_flight.remove(&fill.key);
-        if c.result <= 0 {
-            // A source error, or end of file before the size we saw at open (file shrank).
-            let errno = if c.result < 0 {
-                Errno::from_i32(-c.result)
-            } else {
-                Errno::EIO
-            };
-            self.shared.arena.free(fill.block);
-            self.free_slots.push(fill.slot);
-            self.shared
-                .stats
-                .fill_errors
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                "ERROR {} chunk {}: {}",
-                fill.src.name,
-                fill.key.chunk,
-                std::io::Error::from_raw_os_error(errno.code())
-            );
-            let mut next = fill.waiters;
-            while let Some(wi) = next {
-                let w = self.unpark(wi);
-                next = w.next;
-                w.reply.error(errno);
-            }
+        // Every byte landed: publish only if the file still is this version (see `Source`).
+        let outcome = match outcome {
+            Ok(_) if !fill.src.still_holds() => Err(Errno::EIO),
+            o => o,
+        };
+        if let Err(errno) = outcome {
+            self.fail_fill(fill, errno);
             return;
         }
         if !fill.direct {
@@ -863,6 +1020,32 @@ impl Engine {
                 .as_mut()
                 .and_then(|w| w.next.take());
             self.evaluate(wi);
+        }
+    }
+
+    /// Discards a fill that did not produce this version's bytes: block and slot freed, nothing
+    /// published, every waiter gets `errno`.
+    fn fail_fill(&mut self, fill: Fill, errno: Errno) {
+        self.shared.arena.free(fill.block);
+        self.free_slots.push(fill.slot);
+        self.shared
+            .stats
+            .fill_errors
+            .fetch_add(1, Ordering::Relaxed);
+        if !fill.src.is_stale() {
+            // A stale version was logged once when it went stale.
+            tracing::warn!(
+                "ERROR {} chunk {}: {}",
+                fill.src.name,
+                fill.key.chunk,
+                std::io::Error::from_raw_os_error(errno.code())
+            );
+        }
+        let mut next = fill.waiters;
+        while let Some(wi) = next {
+            let w = self.unpark(wi);
+            next = w.next;
+            w.reply.error(errno);
         }
     }
 
@@ -913,4 +1096,137 @@ pub fn pread_full(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> std::io::Result<
 
 pub fn errno_of(e: &std::io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn source_of(path: &std::path::Path) -> Source {
+        let file = std::fs::File::open(path).expect("open test file");
+        let fd = OwnedFd::from(file);
+        let stamp = fd_stamp(&fd).expect("fstat test file");
+        Source {
+            file_id: 1,
+            fd,
+            direct_fd: None,
+            size: stamp.2,
+            name: "t".into(),
+            fuse_ino: 2,
+            layout: None,
+            default_hint: DtypeHint::Unknown,
+            compressed_logical_bytes: AtomicU64::new(0),
+            compressed_stored_bytes: AtomicU64::new(0),
+            compression_logged: AtomicBool::new(false),
+            stamp,
+            stale: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn fd_stamp_matches_the_path_metadata() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"hello").expect("write");
+        let m = std::fs::metadata(&p).expect("stat");
+        let src = source_of(&p);
+        assert_eq!(
+            src.stamp,
+            (
+                m.dev(),
+                m.ino(),
+                5,
+                m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            )
+        );
+    }
+
+    #[test]
+    fn an_unchanged_file_still_holds_its_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 10_000]).expect("write");
+        let src = source_of(&p);
+        assert!(src.still_holds());
+        assert!(src.still_holds());
+        assert!(!src.is_stale());
+    }
+
+    #[test]
+    fn truncation_makes_the_version_stale_for_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 10_000]).expect("write");
+        let src = source_of(&p);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_len(100))
+            .expect("truncate");
+        assert!(!src.still_holds());
+        assert!(src.is_stale());
+        // Growing back to the old size does not make it this version again.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_len(10_000))
+            .expect("extend");
+        assert!(!src.still_holds());
+    }
+
+    #[test]
+    fn an_in_place_write_of_the_same_size_makes_the_version_stale() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 10_000]).expect("write");
+        let src = source_of(&p);
+        // Same size: only mtime/ctime tell. Wait out coarse timestamp granularity first.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .expect("open for write");
+        f.write_all(&[9u8; 100]).expect("write");
+        drop(f);
+        assert_eq!(std::fs::metadata(&p).expect("stat").len(), 10_000);
+        assert!(!src.still_holds());
+        assert!(src.is_stale());
+    }
+
+    #[test]
+    fn a_file_replaced_by_rename_keeps_the_version_of_open_handles() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 10_000]).expect("write");
+        let src = source_of(&p);
+        // Rename over it: the path now names another inode; the held fd still reads the old one,
+        // whose data did not change (only its ctime, by the unlink).
+        let q = dir.path().join("g");
+        std::fs::write(&q, vec![8u8; 10_000]).expect("write");
+        std::fs::rename(&q, &p).expect("rename");
+        assert!(
+            src.still_holds(),
+            "the held descriptor still reads the old inode"
+        );
+        std::fs::remove_file(&p).expect("unlink");
+        assert!(
+            src.still_holds(),
+            "deleted: the held descriptor still reads the old inode"
+        );
+    }
+
+    #[test]
+    fn mark_stale_is_sticky() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"x").expect("write");
+        let src = source_of(&p);
+        src.mark_stale("test");
+        src.mark_stale("again");
+        assert!(src.is_stale());
+        assert!(!src.still_holds());
+    }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nitro_uring::mount::{CacheMode, CompressMode, MountConfig, Mounted};
-use nitro_uring::size::parse_size;
+use nitro_uring::size::{parse_bytes, parse_bytes_or_zero, parse_size};
 
 #[derive(Parser)]
 #[command(
@@ -38,17 +38,17 @@ enum Cmd {
 struct MountArgs {
     source: PathBuf,
     mountpoint: PathBuf,
-    /// RAM pool size: 8G, 512M, 1.5GiB, or a plain number of GB (8.0)
+    /// RAM pool size: 8G, 512M, 1.5GiB, or a plain number of GiB (8.0)
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pool: u64,
-    /// Cache unit (a power of two, 64KiB..64MiB)
-    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    /// Cache unit (a power of two, 64KiB..64MiB): 1MiB, 256K, or a plain number of bytes
+    #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
     chunk: u64,
     /// FUSE worker threads (default: number of cores)
     #[arg(long)]
     threads: Option<usize>,
-    /// How far sequential prefetch runs ahead of a reader (0 disables)
-    #[arg(long, default_value = "16MiB", value_parser = parse_readahead)]
+    /// How far sequential prefetch runs ahead of a reader: 16MiB, or a plain number of bytes (0 disables)
+    #[arg(long, default_value = "16MiB", value_parser = parse_bytes_or_zero)]
     readahead: u64,
     /// Let other users access the mount
     #[arg(long)]
@@ -62,14 +62,6 @@ struct MountArgs {
     /// Compress chunks leaving the hot set: auto (per dtype), lz4, or off
     #[arg(long, value_enum, default_value = "auto")]
     compress: CompressMode,
-}
-
-fn parse_readahead(s: &str) -> Result<u64, String> {
-    if s.trim() == "0" {
-        Ok(0)
-    } else {
-        parse_size(s)
-    }
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -138,7 +130,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Mount(a) => run_mount(*a),
         Cmd::Bench(a) => nitro_uring::bench::run(*a),
-        Cmd::Umount { mountpoint } => nitro_uring::mount::umount(&mountpoint, false),
+        Cmd::Umount { mountpoint } => nitro_uring::mount::umount_nitro(&mountpoint),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -171,18 +163,23 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
             let _ = done_tx.send(());
         }
     });
-    // Wake on a signal, or notice an unmount from outside.
+    // Wake on a signal, or notice an unmount from outside or a dead fill engine.
     loop {
         if done_rx
             .recv_timeout(std::time::Duration::from_millis(200))
             .is_ok()
             || mounted.finished()
+            || mounted.engine_failure().is_some()
         {
             break;
         }
     }
     handle.close();
+    let failure = mounted.engine_failure();
     let r = mounted.unmount();
     let _ = watcher.join();
-    r
+    match failure {
+        Some(reason) => Err(anyhow::anyhow!("fill engine failed: {reason}")),
+        None => r,
+    }
 }

@@ -225,10 +225,22 @@ pub fn mem_available_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The mountinfo line fields (major:minor, mount point, fstype) for `path`, if it is a mount point.
+/// The mountinfo fields (major:minor, fstype) of the mount at `path` (the topmost, when several
+/// are stacked there), if it is a mount point.
 fn mount_entry(path: &Path) -> Option<(String, String)> {
-    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    // A dead FUSE mount cannot be canonicalized itself (stat fails); its parent can.
+    let want = std::fs::canonicalize(path)
+        .ok()
+        .or_else(|| {
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            Some(std::fs::canonicalize(parent).ok()?.join(path.file_name()?))
+        })
+        .unwrap_or_else(|| path.to_path_buf());
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut found = None;
     for line in text.lines() {
         let f: Vec<&str> = line.split(' ').collect();
         if f.len() < 10 {
@@ -236,11 +248,28 @@ fn mount_entry(path: &Path) -> Option<(String, String)> {
         }
         let mp = unescape(f[4]);
         if Path::new(&mp) == want || Path::new(&mp) == path {
-            let dash = f.iter().position(|x| *x == "-")?;
-            return Some((f[2].to_string(), f.get(dash + 1)?.to_string()));
+            let Some(dash) = f.iter().position(|x| *x == "-") else {
+                continue;
+            };
+            if let Some(fstype) = f.get(dash + 1) {
+                found = Some((f[2].to_string(), fstype.to_string()));
+            }
         }
     }
-    None
+    found
+}
+
+/// `nitro-uring umount PATH`: unmounts PATH only when it is a nitro-uring mount, so a typo or a
+/// wrong path never unmounts someone else's filesystem.
+pub fn umount_nitro(path: &Path) -> Result<()> {
+    match mount_entry(path) {
+        Some((_, fstype)) if fstype == FSTYPE => umount(path, false),
+        Some((_, fstype)) => bail!("{} is not a nitro-uring mount ({fstype})", path.display()),
+        None => bail!(
+            "{} is not a nitro-uring mount (not a mount point)",
+            path.display()
+        ),
+    }
 }
 
 fn unescape(s: &str) -> String {
@@ -308,6 +337,17 @@ pub fn umount(path: &Path, lazy: bool) -> Result<()> {
         bail!("{} is not a mount point", path.display());
     }
     Err(anyhow!("unmount {}: {}", path.display(), err))
+}
+
+/// The message of a panic payload (`panic!` with a literal or a format string).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".into()
+    }
 }
 
 /// Best effort: a larger per-request limit lets one FUSE read cover a whole chunk.
@@ -391,6 +431,8 @@ impl Mounted {
             last_fill: parking_lot::Mutex::new(None),
             compress: cfg.compress,
             min_saving: crate::codec::DEFAULT_MIN_SAVING,
+            dead: std::sync::atomic::AtomicBool::new(false),
+            death: parking_lot::Mutex::new(None),
         });
         let (tx, rx) = crossbeam_channel::bounded(4096);
         // The engine needs the session's notifier, which exists only once mounted; the ring (and its
@@ -451,7 +493,19 @@ impl Mounted {
         let unmounter = session.unmount_callable();
         let engine = std::thread::Builder::new()
             .name("nitro-ring".into())
-            .spawn(move || engine.run())?;
+            .spawn(move || {
+                let mut engine = engine;
+                // A dead engine must be loud, not a mount whose misses hang or fail in silence:
+                // record why, fail what is parked and what still comes, and let the owner of the
+                // mount (`engine_failure`) unmount.
+                let reason =
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run())) {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => e,
+                        Err(payload) => format!("ring thread panicked: {}", panic_text(&*payload)),
+                    };
+                engine.die(reason);
+            })?;
         let session = std::thread::Builder::new()
             .name("nitro-fuse".into())
             .spawn(move || session.run())?;
@@ -459,11 +513,12 @@ impl Mounted {
         let conn_dev = mount_entry(&cfg.mountpoint).map(|(dev, _)| dev);
         let heartbeat = crate::heartbeat::spawn(shared.clone());
         tracing::info!(
-            "MOUNT {} -> {} pool {} MiB chunk {} KiB mode {:?} threads {}",
+            "MOUNT {} -> {} pool {} MiB chunk {} KiB readahead {} KiB mode {:?} threads {}",
             source.display(),
             cfg.mountpoint.display(),
             cfg.pool_bytes >> 20,
             cfg.chunk_bytes >> 10,
+            cfg.readahead_bytes >> 10,
             cfg.cache_mode,
             cfg.threads
         );
@@ -487,6 +542,18 @@ impl Mounted {
 
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Why the fill engine died, if it did; the mount then answers every read with EIO and
+    /// should be unmounted.
+    pub fn engine_failure(&self) -> Option<String> {
+        if let Some(reason) = self.shared.death.lock().clone() {
+            return Some(reason);
+        }
+        if self.engine.as_ref().is_some_and(|e| e.is_finished()) {
+            return Some("the ring thread exited".into());
+        }
+        None
     }
 
     /// Whether the session has ended (unmounted from outside).
@@ -540,7 +607,10 @@ impl Mounted {
         {
             result = Err(anyhow!("engine thread panicked"));
         }
-        for (stop, h) in [self.heartbeat.take(), self.reaper.take()].into_iter().flatten() {
+        for (stop, h) in [self.heartbeat.take(), self.reaper.take()]
+            .into_iter()
+            .flatten()
+        {
             drop(stop);
             let _ = h.join();
         }

@@ -434,3 +434,100 @@ fn stale_mount_after_kill_9_is_recovered() {
     assert_clean_exit(&mut b, "SIGTERM after stale recovery");
     drop(a);
 }
+
+/// `--chunk` and `--readahead` take a bare number as bytes (it used to mean GiB: `--readahead 4096`
+/// was 4 TiB).
+#[test]
+fn bare_chunk_and_readahead_numbers_are_bytes() {
+    let dirs = Dirs::new();
+    let data = populate(&dirs.src);
+    let mut d = Daemon::start(
+        &dirs.src,
+        &dirs.mnt,
+        &["--pool", "64M", "--chunk", "1048576", "--readahead", "4096"],
+    );
+    assert_serves(&dirs.mnt, &data);
+    let stderr = d.stderr();
+    assert!(
+        stderr.contains("chunk 1024 KiB") && stderr.contains("readahead 4 KiB"),
+        "expected a 1 MiB chunk and 4 KiB readahead in the MOUNT line; stderr:\n{stderr}"
+    );
+    d.signal(libc::SIGTERM);
+    assert_clean_exit(&mut d, "SIGTERM");
+    // a bare fractional number of bytes is refused with one line
+    let out = run_cli(
+        &[
+            OsStr::new("mount"),
+            dirs.src.as_os_str(),
+            dirs.mnt.as_os_str(),
+            OsStr::new("--chunk"),
+            OsStr::new("1.5"),
+        ],
+        EXIT_TIMEOUT,
+    );
+    assert!(!out.status.success());
+    assert!(!is_mounted(&dirs.mnt));
+}
+
+/// A tmpfs mounted by this test, unmounted on drop (also when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Tmpfs {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "none"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount -t tmpfs none {}: {st}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        force_unmount(&self.0);
+    }
+}
+
+#[track_caller]
+fn assert_umount_refused(dir: &Path, why: &str) {
+    let out = run_cli(&[OsStr::new("umount"), dir.as_os_str()], EXIT_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "`nitro-uring umount {}` succeeded; stderr:\n{stderr}",
+        dir.display()
+    );
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "nitro-uring: {} is not a nitro-uring mount ({why})",
+            dir.display()
+        ),
+        "stderr of `nitro-uring umount {}`",
+        dir.display()
+    );
+}
+
+#[test]
+fn umount_refuses_a_mount_that_is_not_nitro_uring() {
+    let dirs = Dirs::new();
+    let tmpfs = Tmpfs::mount(&dirs.mnt);
+    fs::write(dirs.mnt.join("marker"), b"x").unwrap();
+    assert_umount_refused(&dirs.mnt, "tmpfs");
+    assert!(
+        mounts_at(&dirs.mnt).iter().any(|e| e.fstype == "tmpfs"),
+        "the tmpfs was unmounted"
+    );
+    assert!(dirs.mnt.join("marker").exists());
+    drop(tmpfs);
+    assert!(!is_mounted(&dirs.mnt));
+}
+
+#[test]
+fn umount_refuses_a_plain_directory() {
+    let dirs = Dirs::new();
+    assert_umount_refused(&dirs.mnt, "not a mount point");
+    assert!(dirs.mnt.is_dir());
+}

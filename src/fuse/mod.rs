@@ -212,7 +212,10 @@ impl Reaper {
         for (parent, child, name) in self.nodes.deleted() {
             // Outside any request, so the kernel may take the locks it needs. An error means the
             // kernel no longer has that entry: nothing to do.
-            if notifier.delete(INodeNo(parent), INodeNo(child), &name).is_ok() {
+            if notifier
+                .delete(INodeNo(parent), INodeNo(child), &name)
+                .is_ok()
+            {
                 told += 1;
             }
         }
@@ -372,6 +375,9 @@ impl Filesystem for NitroFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.shared.dead.load(Ordering::Relaxed) {
+            return reply.error(Errno::EIO); // the fill engine died (see `Engine::die`)
+        }
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }

@@ -45,6 +45,9 @@ thread_local! {
 
 impl NitroFs {
     pub(super) fn serve_read(&self, fh: FileHandle, offset: u64, size: u32, mut reply: ReplyData) {
+        if self.shared.dead.load(Ordering::Relaxed) {
+            return reply.error(Errno::EIO); // the fill engine died (see `Engine::die`)
+        }
         let Some(h) = self.handle(fh) else {
             return reply.error(Errno::EBADF);
         };

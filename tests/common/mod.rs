@@ -338,7 +338,17 @@ impl Daemon {
 
     /// Like `start`, but returns the failure as a message instead of panicking.
     pub fn try_start(source: &Path, mountpoint: &Path, args: &[&str]) -> Result<Daemon, String> {
-        let mut d = Daemon::spawn(source, mountpoint, args);
+        Daemon::try_start_env(source, mountpoint, args, &[])
+    }
+
+    /// Like `try_start`, with extra environment variables for the daemon.
+    pub fn try_start_env(
+        source: &Path,
+        mountpoint: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, String> {
+        let mut d = Daemon::spawn_env(source, mountpoint, args, env);
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
             if let Some(e) = wait_for_mount(mountpoint, Duration::ZERO) {
@@ -373,8 +383,19 @@ impl Daemon {
 
     /// Start the daemon without waiting for anything.
     pub fn spawn(source: &Path, mountpoint: &Path, args: &[&str]) -> Daemon {
+        Daemon::spawn_env(source, mountpoint, args, &[])
+    }
+
+    /// Like `spawn`, with extra environment variables for the daemon.
+    pub fn spawn_env(
+        source: &Path,
+        mountpoint: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut cmd = Command::new(bin());
         cmd.arg("mount").arg(source).arg(mountpoint).args(args);
+        cmd.envs(env.iter().copied());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
