@@ -70,11 +70,13 @@ fn fd_stat(fd: &OwnedFd) -> std::io::Result<(Stamp, u64)> {
 /// servable (they are this version's bytes), and the next open gets a new version.
 pub struct Source {
     pub file_id: u64,
-    /// Buffered descriptor: always present; used when O_DIRECT is refused.
+    /// The descriptor the version was opened with: O_DIRECT when `direct` (keeps the source out of
+    /// the page cache, so the bytes are cached once, in the arena), else buffered. One per open
+    /// version: with a descriptor limit the daemon cannot raise, an open file costs just this.
     pub fd: OwnedFd,
-    /// O_DIRECT descriptor, when the source filesystem allows it (keeps the source out of the page
-    /// cache, so the bytes are cached once, in the arena).
-    pub direct_fd: Option<OwnedFd>,
+    pub direct: bool,
+    /// A buffered descriptor, opened on first need (reads O_DIRECT can't do) when `direct`.
+    pub buffered: std::sync::OnceLock<OwnedFd>,
     pub size: u64,
     /// File name for log lines.
     pub name: Arc<str>,
@@ -96,6 +98,24 @@ pub struct Source {
 }
 
 impl Source {
+    /// A buffered descriptor of this version: `fd` itself, or a second one opened through
+    /// `/proc/self/fd` (the same open object, no name resolved) the first time it is needed.
+    pub fn buffered_fd(&self) -> std::io::Result<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        if !self.direct {
+            return Ok(self.fd.as_fd());
+        }
+        if self.buffered.get().is_none() {
+            let mut name = itoa::Buffer::new();
+            let path = format!("/proc/self/fd/{}", name.format(self.fd.as_raw_fd()));
+            let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC;
+            let fd = rustix::fs::open(path.as_str(), flags, rustix::fs::Mode::empty())
+                .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error()))?;
+            let _ = self.buffered.set(fd);
+        }
+        Ok(self.buffered.get().map_or(self.fd.as_fd(), AsFd::as_fd))
+    }
+
     pub fn is_stale(&self) -> bool {
         self.stale.load(Ordering::Relaxed)
     }
@@ -667,7 +687,11 @@ impl Engine {
         }
         let want = u64::from(w.size).min(w.src.size.saturating_sub(w.offset)) as usize;
         let buf = &mut self.scratch[..want];
-        match pread_full(&w.src.fd, buf, w.offset) {
+        let read = w
+            .src
+            .buffered_fd()
+            .and_then(|fd| pread_full(fd, buf, w.offset));
+        match read {
             Ok(n) if n < want => {
                 w.src.mark_stale(&format!(
                     "end of file at {} before its size {}",
@@ -873,7 +897,7 @@ impl Engine {
             self.free_fills.push(f);
             return None;
         };
-        let direct = src.direct_fd.is_some();
+        let direct = src.direct;
         self.fills[f as usize] = Some(Fill {
             key,
             slot,
@@ -909,11 +933,24 @@ impl Engine {
         if fill.direct && !done.is_multiple_of(PAGE_BYTES) {
             fill.direct = false;
         }
-        let (fd, len) = match (&fill.src.direct_fd, fill.direct) {
-            // O_DIRECT wants page-aligned lengths; the block has room for the rounded length and the
-            // kernel stops at end of file.
-            (Some(d), true) => (d.as_raw_fd(), rest.next_multiple_of(PAGE_BYTES)),
-            _ => (fill.src.fd.as_raw_fd(), rest),
+        let (fd, len) = if fill.direct {
+            // O_DIRECT wants page-aligned lengths; the block has room for the rounded length and
+            // the kernel stops at end of file.
+            (fill.src.fd.as_raw_fd(), rest.next_multiple_of(PAGE_BYTES))
+        } else {
+            match fill.src.buffered_fd() {
+                Ok(fd) => (fd.as_raw_fd(), rest),
+                Err(e) => {
+                    // No descriptor to read with (EMFILE): fail the fill, not the engine.
+                    let errno = errno_of(&e);
+                    if let Some(fill) = self.fills[f as usize].take() {
+                        self.free_fills.push(f);
+                        self.in_flight.remove(&fill.key);
+                        self.fail_fill(fill, errno);
+                    }
+                    return;
+                }
+            }
         };
         // Never past the block, whatever the lengths above say.
         let len = len.min(fill.block.capacity_bytes().saturating_sub(done));
@@ -980,18 +1017,17 @@ impl Engine {
             self.fail_fill(fill, errno);
             return;
         }
-        if !fill.direct {
+        if !fill.direct
+            && let Ok(fd) = fill.src.buffered_fd()
+        {
             // Buffered fallback: drop the source's page-cache copy, the arena holds the bytes now.
             let offset = fill.key.chunk * self.shared.chunk_bytes;
-            // SAFETY: advisory call on a descriptor we hold open; no memory is passed.
-            unsafe {
-                libc::posix_fadvise(
-                    fill.src.fd.as_raw_fd(),
-                    offset as i64,
-                    i64::from(fill.want_bytes),
-                    libc::POSIX_FADV_DONTNEED,
-                );
-            }
+            let _ = rustix::fs::fadvise(
+                fd,
+                offset,
+                std::num::NonZeroU64::new(u64::from(fill.want_bytes)),
+                rustix::fs::Advice::DontNeed,
+            );
         }
         let view = SlotView::raw(fill.block, fill.want_bytes as usize);
         self.shared.index.set(fill.slot, fill.key, view);
@@ -1075,20 +1111,18 @@ impl Engine {
 }
 
 /// `pread` until `buf` is full or end of file; returns bytes read.
-pub fn pread_full(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    // Borrow the descriptor as a File without taking ownership.
-    let file = std::mem::ManuallyDrop::new(
-        // SAFETY: the fd is valid for the duration of this call and ManuallyDrop never closes it.
-        unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd.as_raw_fd()) },
-    );
+pub fn pread_full(
+    fd: impl std::os::fd::AsFd,
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+        match rustix::io::pread(&fd, &mut buf[done..], offset + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(std::io::Error::from_raw_os_error(e.raw_os_error())),
         }
     }
     Ok(done)
@@ -1110,7 +1144,8 @@ mod tests {
         Source {
             file_id: 1,
             fd,
-            direct_fd: None,
+            direct: false,
+            buffered: std::sync::OnceLock::new(),
             size: stamp.2,
             name: "t".into(),
             fuse_ino: 2,
@@ -1118,7 +1153,7 @@ mod tests {
             default_hint: DtypeHint::Unknown,
             compressed_logical_bytes: AtomicU64::new(0),
             compressed_stored_bytes: AtomicU64::new(0),
-            compression_logged: AtomicBool::new(false),
+            compression_logged: Arc::new(AtomicBool::new(false)),
             stamp,
             stale: AtomicBool::new(false),
         }

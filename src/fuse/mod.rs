@@ -95,10 +95,6 @@ impl NitroFs {
         opts: Options,
         notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     ) -> std::io::Result<NitroFs> {
-        let root_fd = sys::open_dir_path(root)?;
-        let name: Arc<str> = root
-            .file_name()
-            .map_or_else(|| "/".into(), |n| n.to_string_lossy().into());
         let limit = sys::raise_nofile_limit();
         tracing::debug!("descriptor limit {limit}");
         Ok(NitroFs {
@@ -106,7 +102,7 @@ impl NitroFs {
             tx,
             waker,
             opts,
-            nodes: Arc::new(Nodes::new(root_fd, name)?),
+            nodes: Arc::new(Nodes::new(root)?),
             reopener: Reopener::new()?,
             handles: (0..HANDLE_SHARDS)
                 .map(|_| RwLock::new(std::collections::HashMap::new()))
@@ -360,14 +356,17 @@ impl Filesystem for NitroFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        match sys::statx(node.fd.as_fd()) {
+        match node.path_fd().and_then(|fd| sys::statx(fd.as_fd())) {
             Ok(st) => reply.attr(&self.ttl(&st), &self.attr(ino.0, &st)),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino).map(|n| sys::readlink(n.fd.as_fd())) {
+        match self
+            .node(ino)
+            .map(|n| n.path_fd().and_then(|fd| sys::readlink(fd.as_fd())))
+        {
             Ok(Ok(target)) => reply.data(&target),
             Ok(Err(e)) => reply.error(errno_of(&e)),
             Err(e) => reply.error(e),
@@ -464,8 +463,9 @@ impl Filesystem for NitroFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        let listed = sys::statx(node.fd.as_fd()).and_then(|st| {
-            let entries = self.reopener.list(node.fd.as_fd())?;
+        let listed = node.path_fd().and_then(|fd| {
+            let st = sys::statx(fd.as_fd())?;
+            let entries = self.reopener.list(fd.as_fd())?;
             Ok((st, entries))
         });
         match listed {
@@ -536,7 +536,7 @@ impl Filesystem for NitroFs {
         let mut next = offset;
         if next < 2 {
             // "." and "..": the kernel takes no reference for these.
-            let Ok(st) = sys::statx(list.node.fd.as_fd()) else {
+            let Ok(st) = list.node.path_fd().and_then(|fd| sys::statx(fd.as_fd())) else {
                 return reply.error(Errno::ENOENT);
             };
             let attr = self.attr(ino.0, &st);
@@ -585,7 +585,7 @@ impl Filesystem for NitroFs {
         let Some(node) = node else {
             return reply.error(Errno::ENOENT);
         };
-        match sys::statvfs(node.fd.as_fd()) {
+        match node.path_fd().and_then(|fd| sys::statvfs(fd.as_fd())) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -603,7 +603,10 @@ impl Filesystem for NitroFs {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         match self.node(ino) {
             Ok(n) if n.is_file || n.is_dir => {
-                xattr_reply(sys::xattr(n.fd.as_fd(), Some(name)), size, reply)
+                let v = n
+                    .path_fd()
+                    .and_then(|fd| sys::xattr(fd.as_fd(), Some(name)));
+                xattr_reply(v, size, reply)
             }
             Ok(_) => reply.error(Errno::NO_XATTR),
             Err(e) => reply.error(e),
@@ -613,7 +616,8 @@ impl Filesystem for NitroFs {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self.node(ino) {
             Ok(n) if n.is_file || n.is_dir => {
-                xattr_reply(sys::xattr(n.fd.as_fd(), None), size, reply)
+                let v = n.path_fd().and_then(|fd| sys::xattr(fd.as_fd(), None));
+                xattr_reply(v, size, reply)
             }
             Ok(_) => xattr_reply(Ok(Vec::new()), size, reply),
             Err(e) => reply.error(e),

@@ -1,38 +1,52 @@
 //! The inode table: what each mount inode number stands for, and for how long.
 //!
-//! Why each node holds an `O_PATH` descriptor (as libfuse's `passthrough_hp` does): identity by
-//! path breaks twice. A path can be re-pointed (a symlink or a parent directory swapped in by a user
-//! who can write the source), and a source inode number can be reused by another file once the
-//! first is deleted. A held descriptor pins the object: its inode cannot be freed, so while the node
-//! lives no other file can carry its (dev, ino), and that pair is a safe key to share one node
-//! between hardlinks.
+//! Why a node names its source object by file handle (or, where the filesystem has none, by an
+//! `O_PATH` descriptor, as libfuse's `passthrough_hp` does) and never by path: a path can be
+//! re-pointed (a symlink or a parent directory swapped in by a user who can write the source), and a
+//! source inode number is reused by another file once the first is deleted. A file handle carries
+//! the inode's generation, so it opens exactly the object looked up or fails (ESTALE); a held
+//! descriptor pins its object, so while the node lives no other file can carry its (dev, ino).
+//! Either is the key that lets hardlinks share one node; neither can alias a reused number.
 //!
 //! Why mount inode numbers are the source's, with generations: `st_ino` then stays the same when
 //! the kernel forgets and looks an inode up again (tools that compare inode numbers over time, like
-//! git's index, keep working). A number comes back only after the kernel forgot the node that had
-//! it, and then with a new generation, so the kernel can never take the new object for the old.
-//! Objects on other devices under the source (mount points) get numbers from a range of their own.
+//! git's index, keep working). A number is handed out again only when no node has it (the kernel
+//! forgot the old one), and then with a new generation, so the kernel can never take the new
+//! object for the old. Objects on other devices under the source, and a deleted file's successor
+//! while the kernel still remembers the deleted one, get numbers from a range of their own.
 //!
 //! Why lookup counts: the kernel tells us with FORGET when it has dropped an inode; only then may
-//! the node and its descriptor go. Every reply that hands the kernel an entry (lookup, and each
-//! readdirplus entry but `.` and `..`) counts one.
+//! the node go. Every reply that hands the kernel an entry (lookup, and each readdirplus entry but
+//! `.` and `..`) counts one.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::sync::Arc;
 
 use fuser::INodeNo;
 use parking_lot::{Mutex, RwLock};
-use rustix::fs::Statx;
+use rustix::fs::{OFlags, Statx};
 
-use super::sys;
+use super::sys::{self, FileHandleId, Reopener};
 use super::versions::Versions;
+use crate::engine::Source;
+
+/// How a node reaches its source object.
+enum Ident {
+    /// A file handle, and a descriptor on its filesystem to open it through.
+    Handle {
+        id: FileHandleId,
+        mount: Arc<OwnedFd>,
+    },
+    /// The filesystem has no file handles: the object's `O_PATH` descriptor, held.
+    Fd(OwnedFd),
+}
 
 pub struct Node {
-    /// `O_PATH | O_NOFOLLOW` descriptor of the source object.
-    pub fd: OwnedFd,
+    ident: Ident,
     /// The name it was first looked up by, for log lines and the compressor's name hints.
     pub name: Arc<str>,
     pub is_file: bool,
@@ -41,9 +55,75 @@ pub struct Node {
     pub versions: Mutex<Versions>,
 }
 
+/// A descriptor of a node's object for the length of one operation.
+pub enum Held<'a> {
+    Own(OwnedFd),
+    Borrowed(BorrowedFd<'a>),
+    /// The object can no longer be opened by handle (deleted), but an open version holds it.
+    Version(Arc<Source>),
+}
+
+impl AsFd for Held<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Held::Own(fd) => fd.as_fd(),
+            Held::Borrowed(fd) => *fd,
+            Held::Version(src) => src.fd.as_fd(),
+        }
+    }
+}
+
+impl Node {
+    /// An `O_PATH` descriptor of the object (stat, listing, readlink, lookups below it).
+    pub fn path_fd(&self) -> io::Result<Held<'_>> {
+        match &self.ident {
+            Ident::Fd(fd) => Ok(Held::Borrowed(fd.as_fd())),
+            Ident::Handle { id, mount } => {
+                match sys::open_handle(mount.as_fd(), id, OFlags::PATH) {
+                    Ok(fd) => Ok(Held::Own(fd)),
+                    Err(e) => match self.versions.lock().live_source() {
+                        Some(src) => Ok(Held::Version(src)),
+                        None if e.raw_os_error() == Some(libc::ESTALE) => {
+                            Err(io::Error::from_raw_os_error(libc::ENOENT))
+                        }
+                        None => Err(e),
+                    },
+                }
+            }
+        }
+    }
+
+    /// The object opened for reading (O_DIRECT when `direct`); a regular file only.
+    pub fn open_read(&self, reopener: &Reopener, direct: bool) -> io::Result<OwnedFd> {
+        match &self.ident {
+            Ident::Fd(fd) => reopener.open_read(fd.as_fd(), direct),
+            Ident::Handle { id, mount } => {
+                let mut flags = OFlags::RDONLY | OFlags::NOATIME;
+                if direct {
+                    flags |= OFlags::DIRECT;
+                }
+                match sys::open_handle(mount.as_fd(), id, flags) {
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        sys::open_handle(mount.as_fd(), id, flags - OFlags::NOATIME)
+                    }
+                    r => r,
+                }
+            }
+        }
+    }
+}
+
+/// What makes two lookups the same object.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Handle(FileHandleId),
+    /// Only for objects whose node holds a descriptor (which keeps the inode number taken).
+    Ino(u64, u64),
+}
+
 struct Entry {
     node: Arc<Node>,
-    identity: (u64, u64),
+    key: Key,
     generation: u64,
     lookups: u64,
     /// Where the kernel last found it (parent inode, name): what to tell it once it is deleted.
@@ -54,7 +134,7 @@ struct Entry {
 #[derive(Default)]
 struct Table {
     by_ino: HashMap<u64, Entry>,
-    by_identity: HashMap<(u64, u64), u64>,
+    by_key: HashMap<Key, u64>,
     /// Numbers for objects that can't use their own (other devices, collisions).
     next_spare: u64,
     next_generation: u64,
@@ -67,15 +147,30 @@ pub struct Nodes {
     table: RwLock<Table>,
     root_dev: u64,
     root: Arc<Node>,
+    /// A descriptor per source filesystem (by mount id), to open file handles through. Not
+    /// `O_PATH`: `open_by_handle_at` refuses those (EBADF).
+    mounts: Mutex<HashMap<i32, Arc<OwnedFd>>>,
+    reopener: Reopener,
     warned_emfile: Mutex<bool>,
 }
 
 impl Nodes {
-    /// The table with the root node, holding `root_fd` (an `O_PATH` descriptor of the source).
-    pub fn new(root_fd: OwnedFd, name: Arc<str>) -> io::Result<Nodes> {
+    /// The table with the root node: `root` is the source directory, opened once here.
+    pub fn new(root: &Path) -> io::Result<Nodes> {
+        let root_fd = sys::open_dir_path(root)?;
         let st = sys::statx(root_fd.as_fd())?;
-        let root = Arc::new(Node {
-            fd: root_fd,
+        let reopener = Reopener::new()?;
+        let mut mounts = HashMap::new();
+        if let Ok(h) = sys::file_handle(root_fd.as_fd())
+            && let Ok(fd) = reopener.open(root_fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
+        {
+            mounts.insert(h.mount_id, Arc::new(fd));
+        }
+        let name: Arc<str> = root
+            .file_name()
+            .map_or_else(|| "/".into(), |n| n.to_string_lossy().into());
+        let root_node = Arc::new(Node {
+            ident: Ident::Fd(root_fd),
             name,
             is_file: false,
             is_dir: true,
@@ -86,23 +181,25 @@ impl Nodes {
             next_generation: 2,
             ..Table::default()
         };
-        let identity = (sys::dev_of(&st), st.stx_ino);
+        let key = Key::Ino(sys::dev_of(&st), st.stx_ino);
         t.by_ino.insert(
             INodeNo::ROOT.0,
             Entry {
-                node: root.clone(),
-                identity,
+                node: root_node.clone(),
+                key: key.clone(),
                 generation: 1,
                 lookups: 1,
                 parent: INodeNo::ROOT.0,
                 name: OsStr::new("").into(),
             },
         );
-        t.by_identity.insert(identity, INodeNo::ROOT.0);
+        t.by_key.insert(key, INodeNo::ROOT.0);
         Ok(Nodes {
             table: RwLock::new(t),
-            root_dev: identity.0,
-            root,
+            root_dev: sys::dev_of(&st),
+            root: root_node,
+            mounts: Mutex::new(mounts),
+            reopener,
             warned_emfile: Mutex::new(false),
         })
     }
@@ -114,6 +211,53 @@ impl Nodes {
         self.table.read().by_ino.get(&ino.0).map(|e| e.node.clone())
     }
 
+    fn note_emfile(&self, e: &io::Error) {
+        if e.raw_os_error() == Some(libc::EMFILE) {
+            let mut warned = self.warned_emfile.lock();
+            if !*warned {
+                *warned = true;
+                tracing::warn!(
+                    "out of file descriptors ({} inodes known): opens and lookups fail with EMFILE",
+                    self.count()
+                );
+            }
+        }
+    }
+
+    /// How a new node will reach the object behind `fd` (an `O_PATH` descriptor of it): by file
+    /// handle where the filesystem has them and we hold a descriptor on it, else by `fd` itself.
+    fn ident_for(&self, fd: OwnedFd, st: &Statx) -> (Ident, Key) {
+        let by_fd = |fd| (Ident::Fd(fd), Key::Ino(sys::dev_of(st), st.stx_ino));
+        let Ok(id) = sys::file_handle(fd.as_fd()) else {
+            return by_fd(fd);
+        };
+        let mount = {
+            let mut mounts = self.mounts.lock();
+            match mounts.get(&id.mount_id) {
+                Some(m) => m.clone(),
+                // The first object seen on a filesystem is where a lookup crossed into it: its
+                // root directory, opened for reading so handles can be opened through it.
+                None if u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFDIR => {
+                    match self
+                        .reopener
+                        .open(fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
+                    {
+                        Ok(m) => mounts.entry(id.mount_id).or_insert(Arc::new(m)).clone(),
+                        Err(_) => return by_fd(fd),
+                    }
+                }
+                None => return by_fd(fd),
+            }
+        };
+        (
+            Ident::Handle {
+                id: id.clone(),
+                mount,
+            },
+            Key::Handle(id),
+        )
+    }
+
     /// Looks `name` up in `parent` and counts one kernel reference to the result: (mount inode,
     /// generation, attributes).
     pub fn lookup(
@@ -122,29 +266,16 @@ impl Nodes {
         parent: &Node,
         name: &OsStr,
     ) -> io::Result<(u64, u64, Statx)> {
-        let fd = match sys::open_child(parent.fd.as_fd(), name) {
-            Ok(fd) => fd,
-            Err(e) => {
-                if e.raw_os_error() == Some(libc::EMFILE) {
-                    let mut warned = self.warned_emfile.lock();
-                    if !*warned {
-                        *warned = true;
-                        tracing::warn!(
-                            "out of file descriptors ({} inodes held by the kernel): lookups fail with EMFILE",
-                            self.count()
-                        );
-                    }
-                }
-                return Err(e);
-            }
-        };
+        let dir = parent.path_fd()?;
+        let fd = sys::open_child(dir.as_fd(), name).inspect_err(|e| self.note_emfile(e))?;
+        drop(dir);
         let st = sys::statx(fd.as_fd())?;
-        let identity = (sys::dev_of(&st), st.stx_ino);
+        let (ident, key) = self.ident_for(fd, &st);
         let mut t = self.table.write();
-        if let Some(&ino) = t.by_identity.get(&identity)
+        if let Some(&ino) = t.by_key.get(&key)
             && let Some(e) = t.by_ino.get_mut(&ino)
         {
-            // The same live object (its descriptor pins it): a hardlink or a repeated lookup.
+            // The same object: a hardlink or a repeated lookup.
             e.lookups += 1;
             if e.parent != parent_ino || *e.name != *name {
                 e.parent = parent_ino;
@@ -152,16 +283,16 @@ impl Nodes {
             }
             return Ok((ino, e.generation, st));
         }
-        let own = self.preferred_ino(identity);
-        let ino = if own.is_some_and(|i| !t.by_ino.contains_key(&i)) {
-            own.unwrap_or_default()
-        } else {
-            loop {
+        let own = (sys::dev_of(&st) == self.root_dev && st.stx_ino > INodeNo::ROOT.0)
+            .then_some(st.stx_ino);
+        let ino = match own {
+            Some(i) if !t.by_ino.contains_key(&i) => i,
+            _ => loop {
                 t.next_spare += 1;
                 if !t.by_ino.contains_key(&t.next_spare) {
                     break t.next_spare;
                 }
-            }
+            },
         };
         let generation = t.next_generation;
         t.next_generation += 1;
@@ -170,25 +301,25 @@ impl Nodes {
             ino,
             Entry {
                 node: Arc::new(Node {
-                    fd,
+                    ident,
                     name: name.to_string_lossy().into(),
                     is_file: kind == libc::S_IFREG,
                     is_dir: kind == libc::S_IFDIR,
                     versions: Mutex::new(Versions::default()),
                 }),
-                identity,
+                key: key.clone(),
                 generation,
                 lookups: 1,
                 parent: parent_ino,
                 name: name.into(),
             },
         );
-        t.by_identity.insert(identity, ino);
+        t.by_key.insert(key, ino);
         Ok((ino, generation, st))
     }
 
     /// The kernel dropped `n` references; the node goes with the last one. Handles still open on
-    /// it keep their own `Arc`, so its descriptor closes only after them.
+    /// it keep their own `Arc`.
     pub fn forget(&self, ino: INodeNo, n: u64) {
         if ino == INodeNo::ROOT {
             return;
@@ -198,48 +329,42 @@ impl Nodes {
             return;
         };
         e.lookups = e.lookups.saturating_sub(n);
-        if e.lookups == 0 {
-            let identity = e.identity;
-            t.by_ino.remove(&ino.0);
-            if t.by_identity.get(&identity) == Some(&ino.0) {
-                t.by_identity.remove(&identity);
-            }
+        if e.lookups == 0
+            && let Some(e) = t.by_ino.remove(&ino.0)
+            && t.by_key.get(&e.key) == Some(&ino.0)
+        {
+            t.by_key.remove(&e.key);
         }
     }
 
-    /// Entries whose object was deleted from the source while the kernel still remembers them and
-    /// no open file holds them: (parent, child, name). Their descriptors keep the deleted object
-    /// (and its disk space) alive, and the kernel only forgets an unused inode under memory
-    /// pressure unless told it is gone.
+    /// Entries held by descriptor whose object was deleted from the source while the kernel still
+    /// remembers them and no open file holds them: (parent, child, name). Their descriptors keep
+    /// the deleted object (and its disk space) alive, and the kernel only forgets an unused inode
+    /// under memory pressure unless told it is gone. (Nodes held by file handle hold nothing.)
     pub fn deleted(&self) -> Vec<(u64, u64, Box<OsStr>)> {
         let t = self.table.read();
         t.by_ino
             .iter()
             .filter(|(_, e)| Arc::strong_count(&e.node) == 1 && !e.name.is_empty())
-            .filter(|(_, e)| sys::statx(e.node.fd.as_fd()).is_ok_and(|st| st.stx_nlink == 0))
+            .filter(|(_, e)| match &e.node.ident {
+                Ident::Fd(fd) => sys::statx(fd.as_fd()).is_ok_and(|st| st.stx_nlink == 0),
+                Ident::Handle { .. } => false,
+            })
             .map(|(&ino, e)| (e.parent, ino, e.name.clone()))
             .collect()
     }
 
-    /// The mount inode already standing for a source object, if the kernel holds one.
-    pub fn ino_of(&self, identity: (u64, u64)) -> Option<u64> {
-        self.table.read().by_identity.get(&identity).copied()
-    }
-
-    /// The number an object would get: its own, on the source's device (1 is the root's).
-    fn preferred_ino(&self, identity: (u64, u64)) -> Option<u64> {
-        (identity.0 == self.root_dev && identity.1 > INodeNo::ROOT.0).then_some(identity.1)
-    }
-
-    /// The number to list for an entry of a plain readdir (which makes no node): the node's if the
-    /// kernel holds one, else the one a lookup would most likely give.
+    /// The number to list for an entry of a plain readdir (which makes no node): the number a
+    /// lookup would most likely give.
     pub fn listed_ino(&self, identity: (u64, u64)) -> u64 {
-        self.ino_of(identity)
-            .or_else(|| self.preferred_ino(identity))
-            .unwrap_or(SPARE_BASE)
+        if identity.0 == self.root_dev && identity.1 > INodeNo::ROOT.0 {
+            identity.1
+        } else {
+            SPARE_BASE
+        }
     }
 
-    /// Nodes in the table (each holds one descriptor).
+    /// Nodes in the table.
     pub fn count(&self) -> usize {
         self.table.read().by_ino.len()
     }

@@ -7,6 +7,10 @@
 //! O_NOFOLLOW)` of a single component; everything after that (stat, open for reading, listing,
 //! readlink, xattrs) goes through the object's own descriptor, and re-opening one goes through
 //! `/proc/self/fd/N`, which jumps to the object without resolving any name.
+//!
+//! Why nodes hold file handles rather than descriptors where the filesystem has them: the kernel
+//! may remember millions of inodes, and a descriptor each would run into RLIMIT_NOFILE (which a
+//! daemon without CAP_SYS_RESOURCE cannot raise) and keep deleted files' space allocated.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -221,4 +225,78 @@ pub fn raise_nofile_limit() -> u64 {
         },
     );
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// A file handle (`name_to_handle_at`): names one inode of one filesystem for good, generation
+/// included, without holding it open. A deleted file's handle fails with ESTALE instead of
+/// reaching a file that later reuses its inode number.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct FileHandleId {
+    pub mount_id: i32,
+    handle_type: i32,
+    bytes: Box<[u8]>,
+}
+
+const MAX_HANDLE_BYTES: usize = libc::MAX_HANDLE_SZ as usize;
+
+/// `struct file_handle` with room for the largest handle.
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: libc::c_uint,
+    handle_type: libc::c_int,
+    f_handle: [u8; MAX_HANDLE_BYTES],
+}
+
+/// The handle of the object behind `fd`; Err where the filesystem has none (EOPNOTSUPP).
+pub fn file_handle(fd: BorrowedFd<'_>) -> io::Result<FileHandleId> {
+    let mut raw = RawHandle {
+        handle_bytes: MAX_HANDLE_BYTES as libc::c_uint,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_BYTES],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `raw` is a file_handle header followed by the `handle_bytes` writable bytes it
+    // announces; the path is a valid empty C string (AT_EMPTY_PATH: the object of `fd`);
+    // `mount_id` is a valid int; the result is checked.
+    let rc = unsafe {
+        libc::name_to_handle_at(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (&raw mut raw).cast(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = (raw.handle_bytes as usize).min(MAX_HANDLE_BYTES);
+    Ok(FileHandleId {
+        mount_id,
+        handle_type: raw.handle_type,
+        bytes: raw.f_handle[..n].into(),
+    })
+}
+
+/// Opens the object a handle names (needs CAP_DAC_READ_SEARCH). `mount_fd` is any descriptor on
+/// the handle's filesystem.
+pub fn open_handle(
+    mount_fd: BorrowedFd<'_>,
+    h: &FileHandleId,
+    flags: OFlags,
+) -> io::Result<OwnedFd> {
+    let mut raw = RawHandle {
+        handle_bytes: h.bytes.len() as libc::c_uint,
+        handle_type: h.handle_type,
+        f_handle: [0; MAX_HANDLE_BYTES],
+    };
+    raw.f_handle[..h.bytes.len()].copy_from_slice(&h.bytes);
+    let flags = (flags | OFlags::CLOEXEC).bits() as libc::c_int;
+    // SAFETY: `raw` is a valid file_handle of `handle_bytes` bytes; the result is checked.
+    let fd = unsafe { libc::open_by_handle_at(mount_fd.as_raw_fd(), (&raw mut raw).cast(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }

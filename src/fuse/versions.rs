@@ -54,6 +54,13 @@ struct Current {
     compress_logged: Arc<AtomicBool>,
 }
 
+impl Versions {
+    /// The current version's `Source`, while an open file holds it.
+    pub fn live_source(&self) -> Option<Arc<Source>> {
+        self.current.as_ref().and_then(|c| c.source.upgrade())
+    }
+}
+
 /// The result of opening a file: the version to read, and what the kernel must be told.
 pub struct Opened {
     pub src: Arc<Source>,
@@ -85,7 +92,10 @@ pub struct Ctx<'a> {
 /// Returns the version and the old cache id to purge, if one was superseded.
 pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Option<u64>), Errno> {
     let errno = |e: std::io::Error| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO));
-    let st = sys::statx(node.fd.as_fd()).map_err(errno)?;
+    let st = node
+        .path_fd()
+        .and_then(|fd| sys::statx(fd.as_fd()))
+        .map_err(errno)?;
     let stamp = sys::stamp(&st);
     let mut v = node.versions.lock();
     if let Some(cur) = &v.current
@@ -103,17 +113,17 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Option<u64>),
             None,
         ));
     }
-    // A new `Source`: open the object for reading and take the stamp of what was opened.
-    let fd = ctx
-        .reopener
-        .open_read(node.fd.as_fd(), false)
-        .map_err(errno)?;
+    // A new `Source`: open the object for reading (one descriptor, O_DIRECT where the filesystem
+    // takes it) and take the stamp of what was opened.
+    let (fd, direct) = match node.open_read(ctx.reopener, true) {
+        Ok(fd) => (fd, true),
+        Err(_) => (node.open_read(ctx.reopener, false).map_err(errno)?, false),
+    };
     let st = sys::statx(fd.as_fd()).map_err(errno)?;
     if !sys::is_reg(&st) {
         return Err(Errno::EINVAL);
     }
     let stamp = sys::stamp(&st);
-    let direct_fd = ctx.reopener.open_read(node.fd.as_fd(), true).ok();
     let stable = is_stable(&st, SystemTime::now());
     let same = v.current.as_ref().filter(|c| c.stable && c.stamp == stamp);
     // An unchanged, stable version whose handles all closed keeps its cache id and chunks.
@@ -124,11 +134,20 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Option<u64>),
             Arc::new(AtomicBool::new(false)),
         ),
     };
-    let (layout, default_hint) = super::read_layout(&fd, &node.name, st.stx_size);
+    // The header is read through a buffered descriptor held only for this.
+    let (layout, default_hint) = if direct {
+        match node.open_read(ctx.reopener, false) {
+            Ok(b) => super::read_layout(&b, &node.name, st.stx_size),
+            Err(_) => (None, crate::codec::DtypeHint::Unknown),
+        }
+    } else {
+        super::read_layout(&fd, &node.name, st.stx_size)
+    };
     let src = Arc::new(Source {
         file_id,
         fd,
-        direct_fd,
+        direct,
+        buffered: std::sync::OnceLock::new(),
         size: st.stx_size,
         name: node.name.clone(),
         fuse_ino: ctx.fuse_ino,
