@@ -66,7 +66,8 @@ pub struct Options {
 /// A directory listing taken at opendir: (name, source inode, type).
 struct DirList {
     ino: u64,
-    node: Arc<Node>,
+    /// The directory, open while listed: readdirplus looks its entries up below it.
+    fd: OwnedFd,
     entries: Vec<(std::ffi::OsString, u64, FileType)>,
     dev: u64,
 }
@@ -78,6 +79,7 @@ pub struct NitroFs {
     opts: Options,
     nodes: Arc<Nodes>,
     reopener: Reopener,
+    registry: versions::Registry,
     handles: Box<[HandleShard]>,
     dirs: Mutex<std::collections::HashMap<u64, Arc<DirList>>>,
     next_fh: AtomicU64,
@@ -95,6 +97,8 @@ impl NitroFs {
         opts: Options,
         notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     ) -> std::io::Result<NitroFs> {
+        // More versions than slots can never all have chunks cached.
+        let registry = versions::Registry::new(shared.index.slot_count() as usize * 2);
         let limit = sys::raise_nofile_limit();
         tracing::debug!("descriptor limit {limit}");
         Ok(NitroFs {
@@ -104,6 +108,7 @@ impl NitroFs {
             opts,
             nodes: Arc::new(Nodes::new(root)?),
             reopener: Reopener::new()?,
+            registry,
             handles: (0..HANDLE_SHARDS)
                 .map(|_| RwLock::new(std::collections::HashMap::new()))
                 .collect(),
@@ -147,10 +152,10 @@ impl NitroFs {
         }
     }
 
-    /// How long the kernel may trust an entry and its attributes. Directories: `attr_ttl`. Files
-    /// and symlinks: not at all, so every open looks the name up again and a file replaced by
-    /// rename is seen at the next open (close-to-open), not up to a TTL later; the lookup is one
-    /// `openat` + `statx` here.
+    /// How long the kernel may trust a name (an entry). Directories: `attr_ttl`. Files and
+    /// symlinks: not at all, so every open looks the name up again and a file replaced by rename
+    /// is seen at the next open (close-to-open), not up to a TTL later; the lookup is one `openat`
+    /// + `statx` here.
     fn ttl(&self, st: &Statx) -> Duration {
         if u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFDIR {
             self.opts.attr_ttl
@@ -176,7 +181,8 @@ impl NitroFs {
     /// reference is given back if the reply buffer is full. Returns true when full.
     fn add_plus(&self, list: &DirList, index: usize, reply: &mut ReplyDirectoryPlus) -> bool {
         let (name, _, _) = &list.entries[index];
-        let Ok((ino, generation, st)) = self.nodes.lookup(list.ino, &list.node, name) else {
+        let Ok((ino, generation, st)) = self.nodes.lookup_in(list.ino, list.fd.as_fd(), name)
+        else {
             return false; // vanished since opendir: skip it
         };
         let full = reply.add(
@@ -336,7 +342,14 @@ impl Filesystem for NitroFs {
         };
         match self.nodes.lookup(parent.0, &parent_node, name) {
             Ok((ino, generation, st)) => {
-                reply.entry(&self.ttl(&st), &self.attr(ino, &st), Generation(generation))
+                // Attributes may be kept for `attr_ttl` (a version change at open drops them),
+                // but a file's name is looked up again at every path walk.
+                reply.entry_with_ttls(
+                    &self.opts.attr_ttl,
+                    &self.ttl(&st),
+                    &self.attr(ino, &st),
+                    Generation(generation),
+                )
             }
             Err(e) => reply.error(errno_of(&e)),
         }
@@ -357,7 +370,7 @@ impl Filesystem for NitroFs {
             Err(e) => return reply.error(e),
         };
         match node.path_fd().and_then(|fd| sys::statx(fd.as_fd())) {
-            Ok(st) => reply.attr(&self.ttl(&st), &self.attr(ino.0, &st)),
+            Ok(st) => reply.attr(&self.opts.attr_ttl, &self.attr(ino.0, &st)),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
@@ -388,6 +401,7 @@ impl Filesystem for NitroFs {
         };
         let ctx = versions::Ctx {
             reopener: &self.reopener,
+            registry: &self.registry,
             next_file_id: &self.next_file_id,
             fuse_ino: ino.0,
         };
@@ -395,7 +409,7 @@ impl Filesystem for NitroFs {
             Ok(o) => o,
             Err(e) => return reply.error(e),
         };
-        if let Some(file_id) = purge {
+        for file_id in purge {
             self.shared
                 .stats
                 .invalidations
@@ -466,13 +480,17 @@ impl Filesystem for NitroFs {
         let listed = node.path_fd().and_then(|fd| {
             let st = sys::statx(fd.as_fd())?;
             let entries = self.reopener.list(fd.as_fd())?;
-            Ok((st, entries))
+            let dir = self.reopener.open(
+                fd.as_fd(),
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+            )?;
+            Ok((st, entries, dir))
         });
         match listed {
-            Ok((st, entries)) => {
+            Ok((st, entries, dir)) => {
                 let list = DirList {
                     ino: ino.0,
-                    node,
+                    fd: dir,
                     entries: entries
                         .into_iter()
                         .map(|(n, i, t)| (n, i, kind_of_dirent(t)))
@@ -536,7 +554,7 @@ impl Filesystem for NitroFs {
         let mut next = offset;
         if next < 2 {
             // "." and "..": the kernel takes no reference for these.
-            let Ok(st) = list.node.path_fd().and_then(|fd| sys::statx(fd.as_fd())) else {
+            let Ok(st) = sys::statx(list.fd.as_fd()) else {
                 return reply.error(Errno::ENOENT);
             };
             let attr = self.attr(ino.0, &st);

@@ -150,6 +150,7 @@ pub struct Nodes {
     /// A descriptor per source filesystem (by mount id), to open file handles through. Not
     /// `O_PATH`: `open_by_handle_at` refuses those (EBADF).
     mounts: Mutex<HashMap<i32, Arc<OwnedFd>>>,
+    use_handles: bool,
     reopener: Reopener,
     warned_emfile: Mutex<bool>,
 }
@@ -161,11 +162,19 @@ impl Nodes {
         let st = sys::statx(root_fd.as_fd())?;
         let reopener = Reopener::new()?;
         let mut mounts = HashMap::new();
+        // Handles are used only if they can be opened again here (CAP_DAC_READ_SEARCH: a daemon
+        // not run as root falls back to holding descriptors).
         if let Ok(h) = sys::file_handle(root_fd.as_fd())
             && let Ok(fd) = reopener.open(root_fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
+            && sys::open_handle(fd.as_fd(), &h, OFlags::PATH).is_ok()
         {
             mounts.insert(h.mount_id, Arc::new(fd));
+        } else {
+            tracing::info!(
+                "file handles unavailable: each inode the kernel holds keeps a descriptor"
+            );
         }
+        let use_handles = !mounts.is_empty();
         let name: Arc<str> = root
             .file_name()
             .map_or_else(|| "/".into(), |n| n.to_string_lossy().into());
@@ -199,6 +208,7 @@ impl Nodes {
             root_dev: sys::dev_of(&st),
             root: root_node,
             mounts: Mutex::new(mounts),
+            use_handles,
             reopener,
             warned_emfile: Mutex::new(false),
         })
@@ -228,24 +238,35 @@ impl Nodes {
     /// handle where the filesystem has them and we hold a descriptor on it, else by `fd` itself.
     fn ident_for(&self, fd: OwnedFd, st: &Statx) -> (Ident, Key) {
         let by_fd = |fd| (Ident::Fd(fd), Key::Ino(sys::dev_of(st), st.stx_ino));
+        if !self.use_handles {
+            return by_fd(fd);
+        }
+        if u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFDIR {
+            // Directories keep their descriptor: every lookup below one starts from it, and there
+            // are few of them next to files. The first directory seen on a filesystem is where a
+            // lookup crossed into it: it is also opened for reading, so handles of the files
+            // below can be opened through it.
+            if let Ok(id) = sys::file_handle(fd.as_fd()) {
+                let mut mounts = self.mounts.lock();
+                if !mounts.contains_key(&id.mount_id)
+                    && let Ok(m) = self
+                        .reopener
+                        .open(fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
+                {
+                    mounts.insert(id.mount_id, Arc::new(m));
+                }
+            }
+            return by_fd(fd);
+        }
         let Ok(id) = sys::file_handle(fd.as_fd()) else {
             return by_fd(fd);
         };
         let mount = {
-            let mut mounts = self.mounts.lock();
+            let mounts = self.mounts.lock();
             match mounts.get(&id.mount_id) {
                 Some(m) => m.clone(),
-                // The first object seen on a filesystem is where a lookup crossed into it: its
-                // root directory, opened for reading so handles can be opened through it.
-                None if u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFDIR => {
-                    match self
-                        .reopener
-                        .open(fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
-                    {
-                        Ok(m) => mounts.entry(id.mount_id).or_insert(Arc::new(m)).clone(),
-                        Err(_) => return by_fd(fd),
-                    }
-                }
+                // A file on a filesystem whose root directory we never crossed: keep its
+                // descriptor.
                 None => return by_fd(fd),
             }
         };
@@ -267,8 +288,17 @@ impl Nodes {
         name: &OsStr,
     ) -> io::Result<(u64, u64, Statx)> {
         let dir = parent.path_fd()?;
-        let fd = sys::open_child(dir.as_fd(), name).inspect_err(|e| self.note_emfile(e))?;
-        drop(dir);
+        self.lookup_in(parent_ino, dir.as_fd(), name)
+    }
+
+    /// `lookup` with the parent already open (`dir`), as a directory listing has it.
+    pub fn lookup_in(
+        &self,
+        parent_ino: u64,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<(u64, u64, Statx)> {
+        let fd = sys::open_child(dir, name).inspect_err(|e| self.note_emfile(e))?;
         let st = sys::statx(fd.as_fd())?;
         let (ident, key) = self.ident_for(fd, &st);
         let mut t = self.table.write();

@@ -36,9 +36,10 @@ use crate::engine::{Source, Stamp};
 /// A version whose timestamps are younger than this may still be being written.
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 
+/// Per kernel inode (node): what keep mode needs, and the last version opened through it.
 #[derive(Default)]
 pub struct Versions {
-    current: Option<Current>,
+    last: Weak<Source>,
     /// Keep mode: the version whose bytes the kernel's page cache of this inode may hold.
     page_cache_owner: Option<u64>,
     /// Keep mode: open handles that read through the page cache, per version.
@@ -55,9 +56,45 @@ struct Current {
 }
 
 impl Versions {
-    /// The current version's `Source`, while an open file holds it.
+    /// The last version opened through this node, while an open file holds it.
     pub fn live_source(&self) -> Option<Arc<Source>> {
-        self.current.as_ref().and_then(|c| c.source.upgrade())
+        self.last.upgrade()
+    }
+}
+
+/// The current version of every source file opened so far, by (dev, ino). It outlives the nodes:
+/// the kernel forgets inodes (memory pressure, `drop_caches`), and a file looked up again must
+/// find its cached chunks. A reused inode number cannot inherit them: the whole stamp must match.
+pub struct Registry {
+    map: parking_lot::Mutex<std::collections::HashMap<(u64, u64), Current>>,
+    /// Past this many entries, those of closed files are dropped (and their chunks purged).
+    limit: usize,
+}
+
+impl Registry {
+    /// The open version with this stamp, if it is stable and some handle still holds it.
+    fn shared(&self, stamp: Stamp) -> Option<Arc<Source>> {
+        Self::live(&self.map.lock(), stamp)
+    }
+
+    fn live(
+        map: &std::collections::HashMap<(u64, u64), Current>,
+        stamp: Stamp,
+    ) -> Option<Arc<Source>> {
+        let cur = map.get(&(stamp.0, stamp.1))?;
+        if !cur.stable || cur.stamp != stamp {
+            return None;
+        }
+        cur.source
+            .upgrade()
+            .filter(|s| !s.stale.load(Ordering::Relaxed))
+    }
+
+    pub fn new(limit: usize) -> Registry {
+        Registry {
+            map: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            limit: limit.max(1024),
+        }
     }
 }
 
@@ -84,33 +121,28 @@ fn is_stable(st: &Statx, now: SystemTime) -> bool {
 /// Everything `open_version` needs from the filesystem.
 pub struct Ctx<'a> {
     pub reopener: &'a Reopener,
+    pub registry: &'a Registry,
     pub next_file_id: &'a AtomicU64,
     pub fuse_ino: u64,
 }
 
 /// The version an open of `node` reads: the current one if unchanged and stable, else a new one.
-/// Returns the version and the old cache id to purge, if one was superseded.
-pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Option<u64>), Errno> {
+/// Returns the version and the old cache ids to purge (a superseded version, forgotten ones).
+pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Errno> {
     let errno = |e: std::io::Error| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO));
     let st = node
         .path_fd()
         .and_then(|fd| sys::statx(fd.as_fd()))
         .map_err(errno)?;
-    let stamp = sys::stamp(&st);
-    let mut v = node.versions.lock();
-    if let Some(cur) = &v.current
-        && cur.stable
-        && cur.stamp == stamp
-        && let Some(src) = cur.source.upgrade()
-        && !src.stale.load(Ordering::Relaxed)
-    {
+    if let Some(src) = ctx.registry.shared(sys::stamp(&st)) {
+        node.versions.lock().last = Arc::downgrade(&src);
         return Ok((
             Opened {
                 src,
                 st,
                 changed: false,
             },
-            None,
+            Vec::new(),
         ));
     }
     // A new `Source`: open the object for reading (one descriptor, O_DIRECT where the filesystem
@@ -125,16 +157,8 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Option<u64>),
     }
     let stamp = sys::stamp(&st);
     let stable = is_stable(&st, SystemTime::now());
-    let same = v.current.as_ref().filter(|c| c.stable && c.stamp == stamp);
-    // An unchanged, stable version whose handles all closed keeps its cache id and chunks.
-    let (file_id, compress_logged) = match same {
-        Some(c) => (c.file_id, c.compress_logged.clone()),
-        None => (
-            ctx.next_file_id.fetch_add(1, Ordering::Relaxed),
-            Arc::new(AtomicBool::new(false)),
-        ),
-    };
-    // The header is read through a buffered descriptor held only for this.
+    // The header is read through a buffered descriptor held only for this (no lock held: it can
+    // be a large read).
     let (layout, default_hint) = if direct {
         match node.open_read(ctx.reopener, false) {
             Ok(b) => super::read_layout(&b, &node.name, st.stx_size),
@@ -142,6 +166,30 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Option<u64>),
         }
     } else {
         super::read_layout(&fd, &node.name, st.stx_size)
+    };
+    let identity = (stamp.0, stamp.1);
+    let mut map = ctx.registry.map.lock();
+    // Another open of the same version may have won the race while we read the header.
+    if let Some(src) = Registry::live(&map, stamp) {
+        drop(map);
+        node.versions.lock().last = Arc::downgrade(&src);
+        return Ok((
+            Opened {
+                src,
+                st,
+                changed: false,
+            },
+            Vec::new(),
+        ));
+    }
+    let same = map.get(&identity).filter(|c| c.stable && c.stamp == stamp);
+    // An unchanged, stable version whose handles all closed keeps its cache id and chunks.
+    let (file_id, compress_logged) = match same {
+        Some(c) => (c.file_id, c.compress_logged.clone()),
+        None => (
+            ctx.next_file_id.fetch_add(1, Ordering::Relaxed),
+            Arc::new(AtomicBool::new(false)),
+        ),
     };
     let src = Arc::new(Source {
         file_id,
@@ -159,19 +207,36 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Option<u64>),
         stamp,
         stale: AtomicBool::new(false),
     });
-    let old = v.current.replace(Current {
-        stamp,
-        file_id,
-        stable,
-        source: Arc::downgrade(&src),
-        compress_logged,
-    });
-    let (changed, purge) = match old {
+    node.versions.lock().last = Arc::downgrade(&src);
+    let mut purge = Vec::new();
+    if map.len() >= ctx.registry.limit && !map.contains_key(&identity) {
+        // Files no handle holds open are forgotten; their chunks go now rather than sit
+        // unreachable until evicted.
+        map.retain(|_, c| {
+            let live = c.source.strong_count() > 0;
+            if !live {
+                purge.push(c.file_id);
+            }
+            live
+        });
+    }
+    let old = map.insert(
+        identity,
+        Current {
+            stamp,
+            file_id,
+            stable,
+            source: Arc::downgrade(&src),
+            compress_logged,
+        },
+    );
+    drop(map);
+    let changed = match old {
         None => {
             tracing::info!("OPEN {} ({} MiB)", src.name, src.size >> 20);
-            (false, None)
+            false
         }
-        Some(o) if o.file_id == file_id => (false, None),
+        Some(o) if o.file_id == file_id => false,
         Some(o) => {
             if o.stamp != stamp {
                 tracing::info!("INVALIDATE {} (source changed)", src.name);
@@ -181,7 +246,8 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Option<u64>),
                     src.name
                 );
             }
-            (o.stamp != stamp, Some(o.file_id))
+            purge.push(o.file_id);
+            o.stamp != stamp
         }
     };
     Ok((Opened { src, st, changed }, purge))
