@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use nitro_uring::mount::{CompressMode, MountConfig, Mounted};
 
+mod common;
+
 const MIB: u64 = 1 << 20;
 
 /// A BF16 safetensors file of normally distributed weights (like a real checkpoint: exponents
@@ -115,4 +117,36 @@ fn compress_off_evicts_instead() {
         "a working set larger than the pool must evict: {s:?}"
     );
     m.unmount().expect("unmount");
+}
+
+/// The COMPRESS log line names a file version once, however often the file is reopened (it used to
+/// repeat on every reopen, each of which made a new `Source`).
+#[test]
+fn compress_line_is_logged_once_per_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&src).expect("mkdir src");
+    std::fs::create_dir_all(&mnt).expect("mkdir mnt");
+    let data = write_bf16_safetensors(&src.join("model.safetensors"), 12, 2 << 20);
+    std::thread::sleep(nitro_uring::fuse::RACY_WINDOW + std::time::Duration::from_millis(100));
+    let mut d = common::Daemon::start(&src, &mnt, &["--pool", "40M"]);
+    for pass in 0..8 {
+        assert!(
+            read_all(&mnt.join("model.safetensors")) == data,
+            "pass {pass}: bytes differ from the source"
+        );
+    }
+    d.signal(libc::SIGTERM);
+    let status = d.finish(std::time::Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "daemon exit: {status:?}"
+    );
+    let log = d.stderr();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("COMPRESS model.safetensors"))
+        .count();
+    assert_eq!(lines, 1, "COMPRESS lines for one version:\n{log}");
 }
