@@ -135,15 +135,7 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
         .and_then(|fd| sys::statx(fd.as_fd()))
         .map_err(errno)?;
     if let Some(src) = ctx.registry.shared(sys::stamp(&st)) {
-        node.versions.lock().last = Arc::downgrade(&src);
-        return Ok((
-            Opened {
-                src,
-                st,
-                changed: false,
-            },
-            Vec::new(),
-        ));
+        return Ok(share(node, src, st));
     }
     // A new `Source`: open the object for reading (one descriptor, O_DIRECT where the filesystem
     // takes it) and take the stamp of what was opened.
@@ -172,15 +164,7 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
     // Another open of the same version may have won the race while we read the header.
     if let Some(src) = Registry::live(&map, stamp) {
         drop(map);
-        node.versions.lock().last = Arc::downgrade(&src);
-        return Ok((
-            Opened {
-                src,
-                st,
-                changed: false,
-            },
-            Vec::new(),
-        ));
+        return Ok(share(node, src, st));
     }
     let same = map.get(&identity).filter(|c| c.stable && c.stamp == stamp);
     // An unchanged, stable version whose handles all closed keeps its cache id and chunks.
@@ -251,6 +235,17 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
         }
     };
     Ok((Opened { src, st, changed }, purge))
+}
+
+/// An open that shares a live version: nothing to purge, nothing changed.
+fn share(node: &Node, src: Arc<Source>, st: Statx) -> (Opened, Vec<u64>) {
+    node.versions.lock().last = Arc::downgrade(&src);
+    let opened = Opened {
+        src,
+        st,
+        changed: false,
+    };
+    (opened, Vec::new())
 }
 
 /// How the kernel may cache a new handle of version `file_id` (see the module docs), and whether
