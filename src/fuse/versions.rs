@@ -67,7 +67,7 @@ impl Versions {
 /// find its cached chunks. A reused inode number cannot inherit them: the whole stamp must match.
 pub struct Registry {
     map: parking_lot::Mutex<std::collections::HashMap<(u64, u64), Current>>,
-    /// Past this many entries, those of closed files are dropped (and their chunks purged).
+    /// Past this many entries, those of closed files are dropped (their chunks leave by eviction).
     limit: usize,
 }
 
@@ -127,7 +127,7 @@ pub struct Ctx<'a> {
 }
 
 /// The version an open of `node` reads: the current one if unchanged and stable, else a new one.
-/// Returns the version and the old cache ids to purge (a superseded version, forgotten ones).
+/// Returns the version and the old cache ids to purge (a superseded version).
 pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Errno> {
     let errno = |e: std::io::Error| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO));
     let st = node
@@ -194,15 +194,9 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
     node.versions.lock().last = Arc::downgrade(&src);
     let mut purge = Vec::new();
     if map.len() >= ctx.registry.limit && !map.contains_key(&identity) {
-        // Files no handle holds open are forgotten; their chunks go now rather than sit
-        // unreachable until evicted.
-        map.retain(|_, c| {
-            let live = c.source.strong_count() > 0;
-            if !live {
-                purge.push(c.file_id);
-            }
-            live
-        });
+        // Files no handle holds open are forgotten. Their chunks are not purged one by one (a
+        // purge walks the index on the ring thread); unreachable now, they leave by eviction.
+        map.retain(|_, c| c.source.strong_count() > 0);
     }
     let old = map.insert(
         identity,
