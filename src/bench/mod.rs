@@ -71,6 +71,11 @@ pub struct BenchArgs {
     /// Run only these workloads (comma-separated ids, e.g. arena-seq,rand-4k-1t)
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Reads in flight of the cold source baseline (`source-qd`: the source read with O_DIRECT
+    /// through io_uring in chunk-sized reads); default: the mount engine's own depth, 64, so that
+    /// it compares like with like. Other depths show how the disk scales.
+    #[arg(long)]
+    pub source_qd: Option<usize>,
     /// Never drop the system's page cache (the cold rows are then skipped)
     #[arg(long)]
     pub no_drop_caches: bool,
@@ -188,6 +193,8 @@ struct Bench<'a> {
     files: Vec<DataFile>,
     pool: u64,
     chunk: u64,
+    /// Reads in flight of the `source-qd` cold baseline.
+    source_qd: usize,
     readahead: u64,
     fuse_threads: usize,
     threads: usize,
@@ -526,6 +533,7 @@ impl Bench<'_> {
         }
         self.null_mount(CacheMode::Direct)?;
         let chunk = self.chunk as usize;
+        let depth = self.source_qd;
         let spec = |target, mode, state, block| RowSpec {
             workload: id,
             label: label_of(id),
@@ -551,9 +559,7 @@ impl Bench<'_> {
                     "all page caches dropped; O_DIRECT through io_uring at the mount engine's queue depth and chunk size",
                     chunk,
                 ),
-                Box::new(move |c: &Ctx<'_>, _| {
-                    workload::ring_seq_read(&src_qd, chunk, MAX_FILLS, c)
-                }),
+                Box::new(move |c: &Ctx<'_>, _| workload::ring_seq_read(&src_qd, chunk, depth, c)),
             ),
             (
                 spec(
@@ -959,6 +965,7 @@ fn run_in(
 
     // The mount's sizes.
     let chunk: u64 = 1 << 20;
+    let source_qd = args.source_qd.unwrap_or(MAX_FILLS).max(1);
     let readahead: u64 = MountConfig::new("/", "/", chunk).readahead_bytes;
     let needed: u64 = files
         .iter()
@@ -1022,6 +1029,7 @@ fn run_in(
         files: files.clone(),
         pool,
         chunk,
+        source_qd,
         readahead,
         fuse_threads,
         threads,
@@ -1107,6 +1115,8 @@ fn run_in(
             workdir: ws.root.display().to_string(),
             pool_bytes: pool,
             chunk_bytes: chunk,
+            source_qd_depth: source_qd,
+            engine_max_fills: MAX_FILLS,
             readahead_bytes: readahead,
             fuse_threads,
             reader_threads: threads,
@@ -1125,9 +1135,10 @@ fn run_in(
         targets: serde_json::json!({
             "source": "the source directory, read directly",
             "source-qd": format!(
-                "cold sequential row only: the source read with O_DIRECT through io_uring, {} × {} reads in flight (the mount engine's queue depth and chunk size), into a registered anonymous mapping",
-                MAX_FILLS,
-                workload::human_bytes(chunk)
+                "cold sequential row only: the source read with O_DIRECT through io_uring, {} × {} reads in flight (the mount engine's queue depth, {}, unless --source-qd says otherwise, and its chunk size), into a registered anonymous mapping",
+                source_qd,
+                workload::human_bytes(chunk),
+                MAX_FILLS
             ),
             "mount": "nitro-uring mounted in-process over the source (engine, arena, io_uring fill)",
             "ceiling": "an in-process null FUSE filesystem, same fuser setup, replying zeros with no cache work",

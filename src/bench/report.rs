@@ -276,6 +276,10 @@ pub struct Flags {
     pub workdir: String,
     pub pool_bytes: u64,
     pub chunk_bytes: u64,
+    /// Reads in flight of the `source-qd` cold baseline (default: `engine_max_fills`).
+    pub source_qd_depth: usize,
+    /// The mount engine's most chunk fills in flight (its io_uring queue depth).
+    pub engine_max_fills: usize,
     pub readahead_bytes: u64,
     pub fuse_threads: usize,
     pub reader_threads: usize,

@@ -327,8 +327,8 @@ pub fn seq_read(files: &[FileRef], block: usize, ctx: &Ctx<'_>) -> Result<Measur
 
 /// The cold-source baseline at the mount's own queue depth: reads every file front to back, one
 /// file after the other, in `chunk`-sized O_DIRECT reads through an io_uring ([`nitro_ring::Ring`],
-/// as the mount's engine reads), keeping up to `depth` reads in flight, into a populated anonymous
-/// mapping registered with the ring (`READ_FIXED`, as the engine's arena). Reads are page-rounded
+/// as the mount's engine reads), keeping up to `depth` reads in flight, into an anonymous mapping
+/// made as the engine's arena is (huge pages advised, registered with the ring for `READ_FIXED`). Reads are page-rounded
 /// at the end of a file (the kernel stops at EOF), as the engine's are. Latency is per read, from
 /// submission to completion, so it includes the queueing behind the other reads in flight.
 pub fn ring_seq_read(
