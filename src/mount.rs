@@ -23,6 +23,10 @@ use crate::index::Index;
 
 pub const FSTYPE: &str = "fuse.nitro-uring";
 
+/// Chunk fills the engine keeps in flight at most (its io_uring queue depth for reads); `bench`
+/// reads the source at the same depth for its like-for-like cold baseline.
+pub const MAX_FILLS: usize = 64;
+
 #[derive(Clone, Debug)]
 pub struct MountConfig {
     pub source: PathBuf,
@@ -466,7 +470,7 @@ impl Mounted {
         config.n_threads = Some(cfg.threads);
         config.clone_fd = true;
 
-        let (engine, waker) = Engine::new(shared.clone(), rx, 64)
+        let (engine, waker) = Engine::new(shared.clone(), rx, MAX_FILLS)
             .map_err(|e| anyhow!("io_uring unavailable: {e}"))?;
         let notifier_slot = Arc::new(std::sync::OnceLock::new());
         let fs = NitroFs::new(

@@ -1,5 +1,6 @@
 //! `nitro-uring bench --quick`: the JSON is complete and sane (every workload on every target, finite
-//! positive numbers, non-empty histograms), the SVG is written, and nothing is left behind — no
+//! positive numbers, non-empty histograms, min ≤ median ≤ max over at least 3 runs per row, the
+//! cold source baseline at the mount engine's queue depth), the SVG is written, and nothing is left behind — no
 //! mount, no temporary directory — after a normal run or a Ctrl+C. Speed is not checked.
 
 use std::path::Path;
@@ -78,6 +79,36 @@ fn positive(v: &Value, key: &str, what: &str) {
         x.is_finite() && x > 0.0,
         "{what}: {key} = {x} is not finite and positive"
     );
+}
+
+/// A measured row's runs: at least 3, each GB/s positive, min ≤ median ≤ max matching the list.
+fn check_runs(row: &Value, what: &str) {
+    let runs = &row["runs"];
+    let n = runs["n"].as_u64().unwrap_or(0);
+    assert!(n >= 3, "{what}: {n} runs, want at least 3");
+    let gbps: Vec<f64> = runs["gbps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: runs.gbps"))
+        .iter()
+        .map(|v| v.as_f64().expect("run GB/s"))
+        .collect();
+    assert_eq!(gbps.len() as u64, n, "{what}: runs.gbps length");
+    assert!(
+        gbps.iter().all(|g| g.is_finite() && *g > 0.0),
+        "{what}: run GB/s {gbps:?}"
+    );
+    let (lo, mid, hi) = (
+        num(runs, "min_gbps"),
+        num(runs, "median_gbps"),
+        num(runs, "max_gbps"),
+    );
+    assert!(
+        lo <= mid && mid <= hi,
+        "{what}: min/median/max {lo} {mid} {hi}"
+    );
+    let min = gbps.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = gbps.iter().copied().fold(0.0, f64::max);
+    assert_eq!((lo, hi), (min, max), "{what}: min/max of runs.gbps");
 }
 
 #[test]
@@ -168,6 +199,7 @@ fn quick_json_has_every_workload_on_every_target() {
             for k in ["bytes", "ops", "seconds", "gbps", "ops_per_sec"] {
                 positive(row, k, &what);
             }
+            check_runs(row, &what);
             for k in ["cpu_s", "cpu_user_s", "cpu_sys_s"] {
                 let x = num(row, k);
                 assert!(x.is_finite() && x >= 0.0, "{what}: {k} = {x}");
@@ -220,6 +252,56 @@ fn quick_json_has_every_workload_on_every_target() {
             }
         }
     }
+    // The cold source baseline at the mount engine's depth: its own row in cold-seq only, O_DIRECT
+    // through io_uring with 1 MiB reads, and its ratio next to the buffered one.
+    let qd: Vec<&Value> = rows.iter().filter(|r| r["target"] == "source-qd").collect();
+    assert_eq!(qd.len(), 1, "exactly one source-qd row (cold-seq)");
+    let qd = qd[0];
+    assert_eq!(qd["workload"], "cold-seq");
+    let cold_ratio = doc["ratios"]
+        .as_array()
+        .expect("ratios")
+        .iter()
+        .find(|r| r["workload"] == "cold-seq")
+        .expect("cold-seq ratio");
+    if let Some(why) = qd["skipped"].as_str() {
+        assert!(
+            !can_drop,
+            "source-qd skipped ({why}) although caches could be dropped"
+        );
+        assert!(cold_ratio["mount_over_source_same_depth"].is_null());
+    } else {
+        let access = qd["access"].as_str().unwrap_or("");
+        assert!(
+            access.contains("io_uring") && access.contains("64 ×"),
+            "source-qd access: {access}"
+        );
+        assert_eq!(
+            qd["block_bytes"].as_u64(),
+            doc["flags"]["chunk_bytes"].as_u64(),
+            "source-qd reads in the mount's chunk size"
+        );
+        for k in ["bytes", "ops", "seconds", "gbps"] {
+            positive(qd, k, "cold-seq/source-qd");
+        }
+        check_runs(qd, "cold-seq/source-qd");
+        assert_eq!(
+            num(qd, "bytes"),
+            num(&doc, "total_bytes") * num(&qd["runs"], "n"),
+            "source-qd reads every byte once per run"
+        );
+        positive(cold_ratio, "mount_over_source_same_depth", "cold-seq");
+    }
+    for r in doc["ratios"].as_array().expect("ratios") {
+        if r["workload"] != "cold-seq" {
+            assert!(
+                r["mount_over_source_same_depth"].is_null(),
+                "{}: same-depth ratio outside cold-seq",
+                r["workload"]
+            );
+        }
+    }
+
     // The pagecache row runs the mount in keep mode, every other FUSE row in direct mode.
     let mode = |w: &str| {
         rows.iter()

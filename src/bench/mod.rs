@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::mount::{CacheMode, MountConfig, Mounted, StatsSnapshot};
+use crate::mount::{CacheMode, MAX_FILLS, MountConfig, Mounted, StatsSnapshot};
 use crate::size::parse_size;
 use dataset::DataFile;
 use nullfs::{NullFile, NullMount};
-use report::{Flags, Memory, PageCache, Report, Row, RowSpec};
+use report::{Flags, Memory, PageCache, Report, Row, RowSpec, Runs};
 use workload::{Ctx, FileRef, Interrupted, Measurement};
 
 #[derive(clap::Args, Debug)]
@@ -60,7 +60,9 @@ pub struct BenchArgs {
     /// Seconds each timed row (random reads, mmap random) runs per target (default 2; --quick 0.25)
     #[arg(long)]
     pub seconds: Option<f64>,
-    /// Rounds the warm rows are split into, the targets taking turns (default 4; --quick 2)
+    /// Runs of every row, the targets taking turns: timed rows split their seconds into this many
+    /// rounds, cold rows run this many times from dropped caches; each row reports min / median /
+    /// max over them (default 4; --quick 3; at least 3)
     #[arg(long)]
     pub rounds: Option<usize>,
     /// Folder for the temporary directory (default: $TMPDIR, or /var/tmp when /tmp is a tmpfs)
@@ -69,6 +71,11 @@ pub struct BenchArgs {
     /// Run only these workloads (comma-separated ids, e.g. arena-seq,rand-4k-1t)
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Reads in flight of the cold source baseline (`source-qd`: the source read with O_DIRECT
+    /// through io_uring in chunk-sized reads); default: the mount engine's own depth, 64, so that
+    /// it compares like with like. Other depths show how the disk scales.
+    #[arg(long)]
+    pub source_qd: Option<usize>,
     /// Never drop the system's page cache (the cold rows are then skipped)
     #[arg(long)]
     pub no_drop_caches: bool,
@@ -186,6 +193,8 @@ struct Bench<'a> {
     files: Vec<DataFile>,
     pool: u64,
     chunk: u64,
+    /// Reads in flight of the `source-qd` cold baseline.
+    source_qd: usize,
     readahead: u64,
     fuse_threads: usize,
     threads: usize,
@@ -211,6 +220,11 @@ fn drop_list(files: &[FileRef]) {
 
 /// One target's run of a workload: called once per round with the round number.
 type Runner = Box<dyn FnMut(&Ctx<'_>, usize) -> Result<Measurement>>;
+
+/// One run's throughput in GB/s (10⁹ bytes per second).
+fn run_gbps(m: &Measurement) -> f64 {
+    m.bytes as f64 / m.seconds.max(1e-9) / 1e9
+}
 
 fn selected(args: &BenchArgs, id: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|o| o == id)
@@ -346,35 +360,22 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Runs one measurement and records its row (with the mount's counters for mount rows).
-    fn measure(
-        &mut self,
-        spec: RowSpec<'_>,
-        f: impl FnOnce(&Ctx<'_>) -> Result<Measurement>,
-    ) -> Result<()> {
-        self.check()?;
-        let before = (spec.target == "mount")
-            .then(|| self.mount.as_ref().map(|m| m.0.stats()))
-            .flatten();
-        let label = format!(
-            "{} · {}",
-            spec.label.replace("×N", &format!("×{}", self.threads)),
-            spec.target
-        );
-        let m = f(&self.ctx(label.clone()))?;
-        self.record(&spec, m, before);
-        Ok(())
-    }
-
     /// Turns a measurement into a row (with the mount's counters since `before` for mount rows),
-    /// prints its one-line summary and keeps it.
-    fn record(&mut self, spec: &RowSpec<'_>, m: Measurement, before: Option<StatsSnapshot>) {
+    /// with the GB/s of each run and their spread, prints its one-line summary and keeps it.
+    fn record(
+        &mut self,
+        spec: &RowSpec<'_>,
+        m: Measurement,
+        before: Option<StatsSnapshot>,
+        runs: &[f64],
+    ) {
         let label = format!(
             "{} · {}",
             spec.label.replace("×N", &format!("×{}", self.threads)),
             spec.target
         );
         let mut row = Row::measured(spec, m);
+        row.runs = Runs::of(runs);
         if let (Some(b), Some((mnt, _))) = (before, self.mount.as_ref()) {
             let mut st = stats_delta(&b, &mnt.stats());
             // Huge pages under the arena make the kernel's copy out of it cheaper; a pool that got
@@ -383,9 +384,12 @@ impl Bench<'_> {
                 sys::smaps_rollup_bytes("AnonHugePages").unwrap_or(0).into();
             row.mount_stats = Some(st);
         }
+        let spread = row.runs.as_ref().map_or_else(String::new, |r| {
+            format!("({:.2}–{:.2}, {} runs)", r.min_gbps, r.max_gbps, r.n)
+        });
         eprintln!(
-            "  {label:<44} {:>7.2} GB/s  p50 {:>8}  p99 {:>8}  {}",
-            row.gbps,
+            "  {label:<44} {:>7.2} GB/s {spread:<22} p50 {:>8}  p99 {:>8}  {}",
+            row.median_gbps(),
             row.latency_ns
                 .as_ref()
                 .map_or("-".into(), |l| report::fmt_ns(l.p50)),
@@ -405,39 +409,97 @@ impl Bench<'_> {
         let rounds = self.rounds;
         let before = self.mount.as_ref().map(|m| m.0.stats());
         let mut acc: Vec<Option<Measurement>> = entries.iter().map(|_| None).collect();
+        let mut gbps: Vec<Vec<f64>> = entries.iter().map(|_| Vec::new()).collect();
         for round in 0..rounds {
             for (i, (spec, run)) in entries.iter_mut().enumerate() {
                 self.check()?;
-                let label = format!(
-                    "{} · {} {}/{}",
-                    spec.label.replace("×N", &format!("×{}", self.threads)),
-                    spec.target,
-                    round + 1,
-                    rounds
-                );
+                let label = self.round_label(spec, round);
                 let m = run(&self.ctx(label), round)?;
+                gbps[i].push(run_gbps(&m));
                 acc[i] = Some(match acc[i].take() {
                     None => m,
                     Some(a) => a.merge(m),
                 });
             }
         }
-        for ((spec, _), m) in entries.iter().zip(acc) {
+        for (((spec, _), m), g) in entries.iter().zip(acc).zip(gbps) {
             let m = m.expect("at least one round");
             let before = if spec.target == "mount" { before } else { None };
-            self.record(spec, m, before);
+            self.record(spec, m, before, &g);
         }
         Ok(())
     }
 
-    fn skip(&mut self, id: &str, why: &str) {
-        for t in report::TARGETS {
+    fn round_label(&self, spec: &RowSpec<'_>, round: usize) -> String {
+        format!(
+            "{} · {} {}/{}",
+            spec.label.replace("×N", &format!("×{}", self.threads)),
+            spec.target,
+            round + 1,
+            self.rounds
+        )
+    }
+
+    /// The cold rows: `rounds` runs per target, the targets taking turns, every run after all page
+    /// caches were dropped, and every run of the mount on a fresh mount (empty arena). A mount row's
+    /// counters are those of its last run (each run has a mount of its own).
+    fn cold_rounds(&mut self, mut entries: Vec<(RowSpec<'static>, Runner)>) -> Result<()> {
+        let rounds = self.rounds;
+        let mut acc: Vec<Option<Measurement>> = entries.iter().map(|_| None).collect();
+        let mut gbps: Vec<Vec<f64>> = entries.iter().map(|_| Vec::new()).collect();
+        let mut before = None;
+        for round in 0..rounds {
+            for (i, (spec, run)) in entries.iter_mut().enumerate() {
+                self.check()?;
+                let mount = spec.target == "mount";
+                if mount {
+                    self.fresh_mount(CacheMode::Direct)?;
+                }
+                self.drop_all()?;
+                if mount {
+                    before = self.mount.as_ref().map(|m| m.0.stats());
+                }
+                let label = self.round_label(spec, round);
+                let m = run(&self.ctx(label), round)?;
+                if mount {
+                    self.warm = true;
+                }
+                if spec.workload == "cold-seq" {
+                    // What each cold read left in the page cache (the last run's).
+                    let resident = sys::resident_fraction(&self.files_of(Target::Source)).ok();
+                    match spec.target {
+                        "source" => self.page_cache.source_after_source_cold_read = resident,
+                        "mount" => self.page_cache.source_after_mount_cold_read = resident,
+                        _ => {}
+                    }
+                }
+                gbps[i].push(run_gbps(&m));
+                acc[i] = Some(match acc[i].take() {
+                    None => m,
+                    Some(a) => a.merge(m),
+                });
+            }
+        }
+        for (((spec, _), m), g) in entries.iter().zip(acc).zip(gbps) {
+            let m = m.expect("at least one run");
+            let before = if spec.target == "mount" { before } else { None };
+            self.record(spec, m, before, &g);
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, id: &str, targets: &[&'static str], why: &str) {
+        for &t in targets {
             self.rows.push(Row::skipped(
                 &RowSpec {
                     workload: id,
                     label: label_of(id),
                     target: t,
-                    cache_mode: if t == "source" { "-" } else { "direct" },
+                    cache_mode: if t.starts_with("source") {
+                        "-"
+                    } else {
+                        "direct"
+                    },
                     state: "",
                     threads: 1,
                     block_bytes: 0,
@@ -455,48 +517,65 @@ impl Bench<'_> {
     // ----------------------------------------------------------------------------------------
     // The rows
 
+    /// Cold sequential reads of every file: the source read buffered (as `cat` or `dd bs=1M`,
+    /// at the kernel's readahead), the source read with O_DIRECT through io_uring at the mount
+    /// engine's queue depth and chunk size (like with like: the mount's fills are such reads), the
+    /// mount (fresh, empty arena) and the ceiling.
     fn cold_seq(&mut self) -> Result<()> {
         let id = "cold-seq";
         if let Err(why) = self.drop_ok.clone() {
-            self.skip(id, &format!("cold reads need dropped page caches: {why}"));
+            self.skip(
+                id,
+                &report::TARGETS,
+                &format!("cold reads need dropped page caches: {why}"),
+            );
             return Ok(());
         }
-        let spec = |target, mode, state| RowSpec {
+        self.null_mount(CacheMode::Direct)?;
+        let chunk = self.chunk as usize;
+        let depth = self.source_qd;
+        let spec = |target, mode, state, block| RowSpec {
             workload: id,
             label: label_of(id),
             target,
             cache_mode: mode,
             state,
             threads: 1,
-            block_bytes: SEQ_BLOCK as u64,
+            block_bytes: block as u64,
         };
         let src = self.files_of(Target::Source);
-        self.drop_all()?;
-        self.measure(spec("source", "-", "all page caches dropped"), |c| {
-            workload::seq_read(&src, SEQ_BLOCK, c)
-        })?;
-        self.page_cache.source_after_source_cold_read =
-            sys::resident_fraction(&self.files_of(Target::Source)).ok();
-        self.fresh_mount(CacheMode::Direct)?;
-        self.drop_all()?;
+        let src_qd = src.clone();
         let mnt = self.files_of(Target::Mount);
-        self.measure(
-            spec(
-                "mount",
-                "direct",
-                "all page caches dropped, fresh mount (empty arena)",
-            ),
-            |c| workload::seq_read(&mnt, SEQ_BLOCK, c),
-        )?;
-        self.warm = true;
-        self.page_cache.source_after_mount_cold_read =
-            sys::resident_fraction(&self.files_of(Target::Source)).ok();
-        self.null_mount(CacheMode::Direct)?;
-        self.drop_all()?;
         let null = self.files_of(Target::Ceiling);
-        self.measure(spec("ceiling", "direct", "all page caches dropped"), |c| {
-            workload::seq_read(&null, SEQ_BLOCK, c)
-        })
+        let entries: Vec<(RowSpec<'static>, Runner)> = vec![
+            (
+                spec("source", "-", "all page caches dropped", SEQ_BLOCK),
+                Box::new(move |c: &Ctx<'_>, _| workload::seq_read(&src, SEQ_BLOCK, c)),
+            ),
+            (
+                spec(
+                    "source-qd",
+                    "-",
+                    "all page caches dropped; O_DIRECT through io_uring at the mount engine's queue depth and chunk size",
+                    chunk,
+                ),
+                Box::new(move |c: &Ctx<'_>, _| workload::ring_seq_read(&src_qd, chunk, depth, c)),
+            ),
+            (
+                spec(
+                    "mount",
+                    "direct",
+                    "all page caches dropped, fresh mount (empty arena)",
+                    SEQ_BLOCK,
+                ),
+                Box::new(move |c: &Ctx<'_>, _| workload::seq_read(&mnt, SEQ_BLOCK, c)),
+            ),
+            (
+                spec("ceiling", "direct", "all page caches dropped", SEQ_BLOCK),
+                Box::new(move |c: &Ctx<'_>, _| workload::seq_read(&null, SEQ_BLOCK, c)),
+            ),
+        ];
+        self.cold_rounds(entries)
     }
 
     fn arena_seq(&mut self) -> Result<()> {
@@ -640,36 +719,36 @@ impl Bench<'_> {
             return self.load_warm(id);
         }
         if let Err(why) = self.drop_ok.clone() {
-            self.skip(id, &format!("cold reads need dropped page caches: {why}"));
+            self.skip(
+                id,
+                &["source", "mount", "ceiling"],
+                &format!("cold reads need dropped page caches: {why}"),
+            );
             return Ok(());
         }
         self.null_mount(CacheMode::Direct)?;
+        let mut entries: Vec<(RowSpec<'static>, Runner)> = Vec::new();
         for t in [Target::Source, Target::Mount, Target::Ceiling] {
             let state = match t {
                 Target::Source => "all page caches dropped",
                 Target::Mount => "all page caches dropped, fresh mount (empty arena)",
                 Target::Ceiling => "all page caches dropped",
             };
-            if t == Target::Mount {
-                self.fresh_mount(CacheMode::Direct)?;
-            }
-            self.drop_all()?;
             let files = self.load_order(t);
-            let spec = RowSpec {
-                workload: id,
-                label: label_of(id),
-                target: t.name(),
-                cache_mode: if t == Target::Source { "-" } else { "direct" },
-                state,
-                threads: 1,
-                block_bytes: LOAD_BLOCK as u64,
-            };
-            self.measure(spec, |c| workload::model_load(&files, LOAD_BLOCK, c))?;
-            if t == Target::Mount {
-                self.warm = true;
-            }
+            entries.push((
+                RowSpec {
+                    workload: id,
+                    label: label_of(id),
+                    target: t.name(),
+                    cache_mode: if t == Target::Source { "-" } else { "direct" },
+                    state,
+                    threads: 1,
+                    block_bytes: LOAD_BLOCK as u64,
+                },
+                Box::new(move |c: &Ctx<'_>, _| workload::model_load(&files, LOAD_BLOCK, c)),
+            ));
         }
-        Ok(())
+        self.cold_rounds(entries)
     }
 
     fn load_warm(&mut self, id: &'static str) -> Result<()> {
@@ -829,7 +908,8 @@ fn run_in(
     if !(seconds.is_finite() && seconds > 0.0) {
         bail!("--seconds must be a positive number");
     }
-    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 4 }).max(1);
+    // Three runs at least: each row reports min / median / max over them.
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 4 }).max(3);
     let mut notes = Vec::new();
     let busy0 = sys::machine_busy_seconds();
     let cpu0 = sys::cpu_seconds();
@@ -885,6 +965,7 @@ fn run_in(
 
     // The mount's sizes.
     let chunk: u64 = 1 << 20;
+    let source_qd = args.source_qd.unwrap_or(MAX_FILLS).max(1);
     let readahead: u64 = MountConfig::new("/", "/", chunk).readahead_bytes;
     let needed: u64 = files
         .iter()
@@ -948,6 +1029,7 @@ fn run_in(
         files: files.clone(),
         pool,
         chunk,
+        source_qd,
         readahead,
         fuse_threads,
         threads,
@@ -1033,6 +1115,8 @@ fn run_in(
             workdir: ws.root.display().to_string(),
             pool_bytes: pool,
             chunk_bytes: chunk,
+            source_qd_depth: source_qd,
+            engine_max_fills: MAX_FILLS,
             readahead_bytes: readahead,
             fuse_threads,
             reader_threads: threads,
@@ -1050,6 +1134,12 @@ fn run_in(
         page_cache: std::mem::take(&mut b.page_cache),
         targets: serde_json::json!({
             "source": "the source directory, read directly",
+            "source-qd": format!(
+                "cold sequential row only: the source read with O_DIRECT through io_uring, {} × {} reads in flight (the mount engine's queue depth, {}, unless --source-qd says otherwise, and its chunk size), into a registered anonymous mapping",
+                source_qd,
+                workload::human_bytes(chunk),
+                MAX_FILLS
+            ),
             "mount": "nitro-uring mounted in-process over the source (engine, arena, io_uring fill)",
             "ceiling": "an in-process null FUSE filesystem, same fuser setup, replying zeros with no cache work",
         }),
@@ -1147,6 +1237,7 @@ fn summary(r: &Report) -> String {
     };
     let arena = ratio("arena-seq").and_then(|x| x.mount_over_ceiling);
     let cold = ratio("cold-seq").and_then(|x| x.mount_over_source);
+    let cold_qd = ratio("cold-seq").and_then(|x| x.mount_over_source_same_depth);
     let _ = writeln!(
         s,
         "arena hit (warm arena seq 1 MiB): mount/ceiling {} ({} the ≥ 0.85× target)",
@@ -1155,9 +1246,11 @@ fn summary(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "cold seq read: mount/source {} ({} the ≥ 1.0× target)",
+        "cold seq read: mount/source buffered {} ({} the ≥ 1.0× target); mount/source O_DIRECT at \
+         the engine's queue depth {} (like with like: the reads the mount's fills make)",
         f(cold),
-        verdict(cold, 1.0)
+        verdict(cold, 1.0),
+        f(cold_qd)
     );
     let _ = writeln!(
         s,

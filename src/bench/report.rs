@@ -10,7 +10,44 @@ use super::dataset::DataFile;
 use super::sys::Machine;
 use super::workload::Measurement;
 
-pub const TARGETS: [&str; 3] = ["source", "mount", "ceiling"];
+/// Report order of the targets. `source-qd` (the source read with O_DIRECT through io_uring at the
+/// mount engine's queue depth and chunk size) runs in the cold sequential row only.
+pub const TARGETS: [&str; 4] = ["source", "source-qd", "mount", "ceiling"];
+
+/// Throughput of each run (each round of a timed row, each cold run from dropped caches) and its
+/// spread: the row's `gbps` is all runs' bytes over all runs' time, these are per run.
+#[derive(Serialize, Clone, Debug)]
+pub struct Runs {
+    pub n: usize,
+    pub gbps: Vec<f64>,
+    pub min_gbps: f64,
+    pub median_gbps: f64,
+    pub max_gbps: f64,
+}
+
+impl Runs {
+    /// None for no runs; the median of an even count is the mean of the middle two.
+    pub fn of(gbps: &[f64]) -> Option<Runs> {
+        if gbps.is_empty() {
+            return None;
+        }
+        let mut v = gbps.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Runs {
+            n,
+            gbps: gbps.to_vec(),
+            min_gbps: v[0],
+            median_gbps: median,
+            max_gbps: v[n - 1],
+        })
+    }
+}
 
 #[derive(Serialize, Clone, Debug)]
 pub struct Latency {
@@ -30,7 +67,7 @@ pub struct Row {
     pub workload: String,
     /// Human label, e.g. `random 4 KiB ×4 threads`.
     pub label: String,
-    /// `source`, `mount` or `ceiling`.
+    /// `source`, `source-qd`, `mount` or `ceiling`.
     pub target: String,
     /// The kernel cache mode of the FUSE target (`direct`, `keep`), `-` for the source.
     pub cache_mode: String,
@@ -47,6 +84,8 @@ pub struct Row {
     pub seconds: f64,
     pub gbps: f64,
     pub ops_per_sec: f64,
+    /// GB/s of every run and their min / median / max (the table shows the median).
+    pub runs: Option<Runs>,
     /// Process CPU time during the run: readers plus, in-process, the FUSE workers and ring thread.
     pub cpu_user_s: f64,
     pub cpu_sys_s: f64,
@@ -109,6 +148,7 @@ impl Row {
             seconds: m.seconds,
             gbps: m.bytes as f64 / secs / 1e9,
             ops_per_sec: m.ops as f64 / secs,
+            runs: None,
             cpu_user_s: m.cpu_user,
             cpu_sys_s: m.cpu_sys,
             cpu_s: m.cpu_user + m.cpu_sys,
@@ -137,6 +177,7 @@ impl Row {
             seconds: 0.0,
             gbps: 0.0,
             ops_per_sec: 0.0,
+            runs: None,
             cpu_user_s: 0.0,
             cpu_sys_s: 0.0,
             cpu_s: 0.0,
@@ -148,14 +189,23 @@ impl Row {
             hist: None,
         }
     }
+
+    /// The median run's GB/s, or the whole row's when it has no runs.
+    pub fn median_gbps(&self) -> f64 {
+        self.runs.as_ref().map_or(self.gbps, |r| r.median_gbps)
+    }
 }
 
 #[derive(Serialize)]
 pub struct Ratio {
     pub workload: String,
     pub label: String,
-    /// Throughput of the mount over the source's (same workload); None when either is missing.
+    /// Median throughput of the mount over the source's (same workload); None when either is
+    /// missing. Ratios are of the rows' median runs.
     pub mount_over_source: Option<f64>,
+    /// Median throughput of the mount over the source read with O_DIRECT at the mount engine's
+    /// queue depth and chunk size (`source-qd`, cold sequential row only): like with like.
+    pub mount_over_source_same_depth: Option<f64>,
     /// Throughput of the mount over the null filesystem's (the FUSE ceiling).
     pub mount_over_ceiling: Option<f64>,
 }
@@ -171,13 +221,19 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
                 .find(|x| {
                     x.workload == r.workload && x.target == t && x.skipped.is_none() && x.gbps > 0.0
                 })
-                .map(|x| x.gbps)
+                .map(Row::median_gbps)
         };
-        let (s, m, c) = (get("source"), get("mount"), get("ceiling"));
+        let (s, q, m, c) = (
+            get("source"),
+            get("source-qd"),
+            get("mount"),
+            get("ceiling"),
+        );
         out.push(Ratio {
             workload: r.workload.clone(),
             label: r.label.clone(),
             mount_over_source: m.zip(s).map(|(m, s)| m / s),
+            mount_over_source_same_depth: m.zip(q).map(|(m, q)| m / q),
             mount_over_ceiling: m.zip(c).map(|(m, c)| m / c),
         });
     }
@@ -220,6 +276,10 @@ pub struct Flags {
     pub workdir: String,
     pub pool_bytes: u64,
     pub chunk_bytes: u64,
+    /// Reads in flight of the `source-qd` cold baseline (default: `engine_max_fills`).
+    pub source_qd_depth: usize,
+    /// The mount engine's most chunk fills in flight (its io_uring queue depth).
+    pub engine_max_fills: usize,
     pub readahead_bytes: u64,
     pub fuse_threads: usize,
     pub reader_threads: usize,
@@ -281,11 +341,12 @@ pub fn table(report: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<26} {:<8} {:<9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}  {:>7} {:>8}",
+        "{:<26} {:<9} {:<13} {:>7} {:>13} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}  {:>7} {:>8} {:>8}",
         "workload",
         "target",
         "mode",
         "GB/s",
+        "min–max",
         "p50",
         "p90",
         "p99",
@@ -294,6 +355,7 @@ pub fn table(report: &Report) -> String {
         "CPU s",
         "other",
         "mnt/src",
+        "mnt/srcQ",
         "mnt/ceil"
     );
     let mut last = String::new();
@@ -304,33 +366,39 @@ pub fn table(report: &Report) -> String {
             String::new()
         };
         last.clone_from(&r.workload);
-        let mode = if r.target == "source" {
+        let mode = if r.target.starts_with("source") {
             short_access(&r.access)
         } else {
             r.cache_mode.clone()
         };
         if let Some(why) = &r.skipped {
-            let _ = writeln!(s, "{:<26} {:<8} skipped: {why}", name, r.target);
+            let _ = writeln!(s, "{:<26} {:<9} skipped: {why}", name, r.target);
             continue;
         }
         let l = r.latency_ns.as_ref();
         let lat = |f: fn(&Latency) -> u64| l.map_or_else(|| "-".into(), |l| fmt_ns(f(l)));
-        let (rs, rc) = if r.target == "mount" {
+        let (rs, rq, rc) = if r.target == "mount" {
             let ratio = report.ratios.iter().find(|x| x.workload == r.workload);
             (
                 fmt_ratio(ratio.and_then(|x| x.mount_over_source)),
+                fmt_ratio(ratio.and_then(|x| x.mount_over_source_same_depth)),
                 fmt_ratio(ratio.and_then(|x| x.mount_over_ceiling)),
             )
         } else {
-            (String::new(), String::new())
+            (String::new(), String::new(), String::new())
         };
+        let spread = r.runs.as_ref().map_or_else(
+            || "-".into(),
+            |x| format!("{:.2}–{:.2}", x.min_gbps, x.max_gbps),
+        );
         let _ = writeln!(
             s,
-            "{:<26} {:<8} {:<9} {:>7.2} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6.2} {:>6}  {:>7} {:>8}",
+            "{:<26} {:<9} {:<13} {:>7.2} {:>13} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6.2} {:>6}  {:>7} {:>8} {:>8}",
             name,
             r.target,
             mode,
-            r.gbps,
+            r.median_gbps(),
+            spread,
             lat(|l| l.p50),
             lat(|l| l.p90),
             lat(|l| l.p99),
@@ -344,19 +412,26 @@ pub fn table(report: &Report) -> String {
                 "-".into()
             },
             rs,
+            rq,
             rc
         );
     }
     let _ = writeln!(
         s,
-        "(mode: how the source was read, or the FUSE cache mode; CPU s: this process, daemon included; \
+        "(GB/s: median of the runs, min–max: slowest and fastest run; mode: how the source was read, or the FUSE cache mode; \
+         source-qd: the source read with O_DIRECT through io_uring at the mount engine's queue depth and chunk size; \
+         mnt/src, mnt/srcQ, mnt/ceil: the mount's median over the source's, source-qd's, ceiling's; CPU s: this process, daemon included; \
          other: CPU time outside this process during the row — other processes, kernel threads — as a share of the machine, from 10 ms ticks, shown for rows of 1 s or more)"
     );
     s.lines().map(|l| l.trim_end().to_string() + "\n").collect()
 }
 
 fn short_access(a: &str) -> String {
-    if a.starts_with("O_DIRECT") {
+    if a.starts_with("O_DIRECT, io_uring") {
+        // "O_DIRECT, io_uring READ_FIXED, 64 × 1.0 MiB reads in flight" → "O_DIRECT qd64"
+        let depth = a.split(", ").nth(2).and_then(|p| p.split(' ').next());
+        depth.map_or_else(|| "O_DIRECT".into(), |d| format!("O_DIRECT qd{d}"))
+    } else if a.starts_with("O_DIRECT") {
         "O_DIRECT".into()
     } else if a.starts_with("mmap") {
         "mmap".into()
@@ -373,8 +448,9 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-const COLORS: [(&str, &str); 3] = [
+const COLORS: [(&str, &str); 4] = [
     ("source", "#1f77b4"),
+    ("source-qd", "#2ca02c"),
     ("mount", "#d62728"),
     ("ceiling", "#7f7f7f"),
 ];
@@ -428,10 +504,10 @@ pub fn svg(report: &Report) -> String {
             r#"<line x1="{lx}" y1="38" x2="{}" y2="38" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="42">{}</text>"#,
             lx + 24.0,
             lx + 28.0,
-            if name == "ceiling" {
-                "ceiling (null FUSE fs)"
-            } else {
-                name
+            match name {
+                "ceiling" => "ceiling (null FUSE fs)",
+                "source-qd" => "source, O_DIRECT at mount's depth",
+                _ => name,
             }
         );
         lx += 170.0;

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::sys::{AlignedBuf, PAGE, cpu_seconds};
+use super::sys::{AlignedBuf, AnonMap, PAGE, cpu_seconds};
 
 /// Latencies are recorded in nanoseconds, 1 ns .. 100 s, 3 significant digits.
 pub fn new_hist() -> Histogram<u64> {
@@ -323,6 +323,175 @@ pub fn seq_read(files: &[FileRef], block: usize, ctx: &Ctx<'_>) -> Result<Measur
         }
     }
     Ok(clock.finish(bytes, ops, hist, "buffered".into()))
+}
+
+/// The cold-source baseline at the mount's own queue depth: reads every file front to back, one
+/// file after the other, in `chunk`-sized O_DIRECT reads through an io_uring ([`nitro_ring::Ring`],
+/// as the mount's engine reads), keeping up to `depth` reads in flight, into an anonymous mapping
+/// made as the engine's arena is (huge pages advised, registered with the ring for `READ_FIXED`). Reads are page-rounded
+/// at the end of a file (the kernel stops at EOF), as the engine's are. Latency is per read, from
+/// submission to completion, so it includes the queueing behind the other reads in flight.
+pub fn ring_seq_read(
+    files: &[FileRef],
+    chunk: usize,
+    depth: usize,
+    ctx: &Ctx<'_>,
+) -> Result<Measurement> {
+    let chunk = chunk.max(PAGE).next_multiple_of(PAGE);
+    let depth = depth.max(1);
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let buf = AnonMap::new(chunk * depth).context("mapping the read buffers")?;
+    let mut ring = nitro_ring::Ring::new((depth as u32 + 2).next_power_of_two())
+        .context("io_uring unavailable")?;
+    // SAFETY: `buf` outlives `ring` (dropped after it: `ring` is declared later) and is never
+    // remapped; reads are drained below before either goes.
+    let registered = unsafe { ring.register_region(buf.as_ptr(), buf.len()) }.is_ok();
+    let progress = Progress::start(ctx, Some(total), None);
+    let mut hist = new_hist();
+    let (mut bytes, mut ops) = (0u64, 0u64);
+    let mut all_direct = true;
+    let clock = Clock::start();
+    let mut run = || -> Result<()> {
+        for f in files {
+            let (file, direct) = open(&f.path, true)?;
+            all_direct &= direct;
+            let fd = file.as_raw_fd();
+            // Per buffer slot: the read in flight into it and when it was submitted.
+            let mut slots: Vec<Option<(RingRead, Instant)>> = (0..depth).map(|_| None).collect();
+            let mut free: Vec<usize> = (0..depth).rev().collect();
+            let mut next = 0u64;
+            let mut done = Vec::with_capacity(depth);
+            loop {
+                ctx.check()?;
+                while next < f.size {
+                    let Some(slot) = free.pop() else { break };
+                    let want = (f.size - next).min(chunk as u64);
+                    let r = RingRead {
+                        slot,
+                        off: next,
+                        want,
+                        skip: 0,
+                    };
+                    if !submit(&mut ring, fd, &r, chunk, direct, &buf) {
+                        free.push(slot);
+                        break;
+                    }
+                    slots[slot] = Some((r, Instant::now()));
+                    next += want;
+                }
+                if ring.in_flight() == 0 {
+                    break;
+                }
+                done.clear();
+                ring.wait(true, &mut done)
+                    .with_context(|| format!("io_uring wait reading {}", f.path.display()))?;
+                for c in &done {
+                    let Some((r, t)) = slots.get_mut(c.user_data as usize).and_then(Option::take)
+                    else {
+                        bail!("completion for an unknown read ({})", c.user_data);
+                    };
+                    if c.result < 0 {
+                        return Err(std::io::Error::from_raw_os_error(-c.result))
+                            .with_context(|| format!("read {} at {}", f.path.display(), r.off));
+                    }
+                    let n = (c.result as u64).min(r.want);
+                    if n == 0 {
+                        bail!(
+                            "{} ended at {}, before its size {}",
+                            f.path.display(),
+                            r.off,
+                            f.size
+                        );
+                    }
+                    hist.saturating_record(elapsed_ns(t));
+                    ops += 1;
+                    bytes += n;
+                    progress.bytes.fetch_add(n, Ordering::Relaxed);
+                    if n == r.want {
+                        free.push(r.slot);
+                        continue;
+                    }
+                    // A short read before the end: read the rest into the same slot.
+                    let rest = RingRead {
+                        slot: r.slot,
+                        off: r.off + n,
+                        want: r.want - n,
+                        skip: r.skip + n as usize,
+                    };
+                    if direct && !rest.skip.is_multiple_of(PAGE) {
+                        bail!(
+                            "{}: short O_DIRECT read ended unaligned at {}",
+                            f.path.display(),
+                            rest.off
+                        );
+                    }
+                    if !submit(&mut ring, fd, &rest, chunk, direct, &buf) {
+                        bail!("io_uring submission queue full");
+                    }
+                    let slot = rest.slot;
+                    slots[slot] = Some((rest, Instant::now()));
+                }
+            }
+            // `file` is closed here, after its last read completed.
+        }
+        Ok(())
+    };
+    let result = run();
+    // Never leave reads in flight into memory about to be unmapped (error or Ctrl+C above).
+    let mut sink = Vec::new();
+    while ring.in_flight() > 0 {
+        sink.clear();
+        if ring.wait(true, &mut sink).is_err() {
+            break;
+        }
+    }
+    result?;
+    let access = format!(
+        "{}, io_uring{}, {} × {} reads in flight",
+        if all_direct {
+            "O_DIRECT"
+        } else {
+            "buffered (O_DIRECT refused)"
+        },
+        if registered { " READ_FIXED" } else { "" },
+        depth,
+        human_bytes(chunk as u64)
+    );
+    Ok(clock.finish(bytes, ops, hist, access))
+}
+
+/// One read of [`ring_seq_read`]: `want` bytes at `off` of the file into buffer slot `slot`,
+/// `skip` bytes into the slot (after a short read).
+struct RingRead {
+    slot: usize,
+    off: u64,
+    want: u64,
+    skip: usize,
+}
+
+/// Queues `r`; false when the submission queue is full.
+fn submit(
+    ring: &mut nitro_ring::Ring,
+    fd: std::os::fd::RawFd,
+    r: &RingRead,
+    chunk: usize,
+    direct: bool,
+    buf: &AnonMap,
+) -> bool {
+    let room = chunk - r.skip;
+    let len = if direct {
+        (r.want as usize).next_multiple_of(PAGE)
+    } else {
+        r.want as usize
+    }
+    .min(room);
+    // SAFETY: slot * chunk + skip + len <= depth * chunk = the mapping's usable length; the slot
+    // is this read's alone until its completion is reaped, and the caller keeps `fd` open and the
+    // mapping alive until every read is reaped.
+    unsafe {
+        let ptr = buf.as_ptr().add(r.slot * chunk + r.skip);
+        ring.push_read(fd, r.off, ptr, len as u32, r.slot as u64)
+    }
 }
 
 /// A model loader: opens each file in order; for a safetensors file reads the 8-byte header length
