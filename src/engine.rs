@@ -12,6 +12,10 @@
 //! means no per-request buffer is needed, and a chunk evicted in between is simply filled again. A
 //! request that keeps losing that race (a pool of a few chunks under heavy churn) is served by an
 //! uncached read so it always finishes.
+//!
+//! The contract with the front: a `Msg::Read` is a miss already clamped to the version's size; its
+//! `ReadReply` is completed exactly once, on this thread, with the bytes or an errno (EIO for a
+//! stale version or a dead engine). `engine_tests.rs` drives this state machine without a mount.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -1143,6 +1147,10 @@ pub fn pread_full(
 pub fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod engine_tests;
 
 #[cfg(test)]
 mod tests {
