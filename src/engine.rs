@@ -4,13 +4,18 @@
 //! Why one owner thread: inserts, evictions and frees then need no coordination among themselves;
 //! FUSE workers only ever pin and read published blocks (see `index`). A miss costs one channel send
 //! and one eventfd write; the worker thread is free again at once and the reply is completed here,
-//! from whichever thread the bytes land on (fuser replies are `Send`).
+//! from whichever thread the bytes land on, through the request's `ReadReply` (plain bytes or an
+//! errno: the engine knows no FUSE type; `fuse::read` adapts fuser's reply to it).
 //!
 //! Why the request is re-evaluated after every fill instead of being assembled piecewise: a read
 //! can span two chunks; keeping the waiter's state as "the request" (not "the bytes gathered so far")
 //! means no per-request buffer is needed, and a chunk evicted in between is simply filled again. A
 //! request that keeps losing that race (a pool of a few chunks under heavy churn) is served by an
 //! uncached read so it always finishes.
+//!
+//! The contract with the front: a `Msg::Read` is a miss already clamped to the version's size; its
+//! `ReadReply` is completed exactly once, on this thread, with the bytes or an errno (EIO for a
+//! stale version or a dead engine). `engine_tests.rs` drives this state machine without a mount.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -20,7 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use fuser::{Errno, ReplyData};
 use nitro_ring::{Completion, Ring, Waker};
 use parking_lot::Mutex;
 
@@ -184,15 +188,26 @@ pub enum CompressMode {
     Off,
 }
 
-/// Messages from FUSE workers to the engine. Sent over a bounded channel: no allocation per send.
+/// Where the engine completes a read it was sent: exactly once, with the bytes or an errno
+/// (`libc::EIO`, ...). The engine knows no FUSE types; the FUSE front implements this for its
+/// reply, tests for a channel. Called on the engine thread, so it must not block.
+pub trait ReadReply: Send + 'static {
+    fn data(self: Box<Self>, bytes: &[u8]);
+    fn error(self: Box<Self>, errno: i32);
+}
+
+/// Messages from FUSE workers to the engine. Sent over a bounded channel; only a miss allocates
+/// (its boxed reply), and hits never reach the engine.
 pub enum Msg {
     Read {
         src: Arc<Source>,
         /// The open handle asking (for access counting); 0 for none.
         fh: u64,
+        /// The request must lie within `src.size` (the front clamps it) and be no larger than
+        /// `Shared::max_request_bytes`.
         offset: u64,
         size: u32,
-        reply: ReplyData,
+        reply: Box<dyn ReadReply>,
     },
     /// Fill chunks `first..=last` ahead of a sequential reader.
     Prefetch {
@@ -349,7 +364,7 @@ struct Waiter {
     fh: u64,
     offset: u64,
     size: u32,
-    reply: ReplyData,
+    reply: Box<dyn ReadReply>,
     /// How often it has been re-evaluated; bounded so it cannot starve.
     rounds: u8,
     next: Option<u32>,
@@ -482,7 +497,7 @@ impl Engine {
     fn fail_parked(&mut self) {
         for w in self.waiters.iter_mut() {
             if let Some(w) = w.take() {
-                w.reply.error(Errno::EIO);
+                w.reply.error(libc::EIO);
             }
         }
         self.backlog.clear();
@@ -498,7 +513,7 @@ impl Engine {
         self.fail_parked();
         loop {
             match self.rx.recv() {
-                Ok(Msg::Read { reply, .. }) => reply.error(Errno::EIO),
+                Ok(Msg::Read { reply, .. }) => reply.error(libc::EIO),
                 Ok(Msg::Shutdown) | Err(_) => break,
                 Ok(_) => {}
             }
@@ -631,7 +646,7 @@ impl Engine {
         if src.is_stale() {
             // This version is gone from the source: nothing more is read for it.
             let w = self.unpark(wi);
-            w.reply.error(Errno::EIO);
+            w.reply.error(libc::EIO);
             return;
         }
         if rounds >= MAX_ROUNDS {
@@ -683,7 +698,7 @@ impl Engine {
             .uncached_reads
             .fetch_add(1, Ordering::Relaxed);
         if w.src.is_stale() {
-            return w.reply.error(Errno::EIO);
+            return w.reply.error(libc::EIO);
         }
         let want = u64::from(w.size).min(w.src.size.saturating_sub(w.offset)) as usize;
         let buf = &mut self.scratch[..want];
@@ -698,11 +713,11 @@ impl Engine {
                     w.offset + n as u64,
                     w.src.size
                 ));
-                w.reply.error(Errno::EIO)
+                w.reply.error(libc::EIO)
             }
             // Served only if the file still is this version after the read (see `Source`).
             Ok(n) if w.src.still_holds() => w.reply.data(&self.scratch[..n]),
-            Ok(_) => w.reply.error(Errno::EIO),
+            Ok(_) => w.reply.error(libc::EIO),
             Err(e) => w.reply.error(errno_of(&e)),
         }
     }
@@ -997,9 +1012,9 @@ impl Engine {
                 "end of file at {at} before its size {}",
                 fill.src.size
             ));
-            Err(Errno::EIO)
+            Err(libc::EIO)
         } else {
-            Err(Errno::from_i32(-c.result))
+            Err(-c.result)
         };
         if matches!(outcome, Ok(false)) {
             self.submit(f);
@@ -1010,7 +1025,7 @@ impl Engine {
         self.in_flight.remove(&fill.key);
         // Every byte landed: publish only if the file still is this version (see `Source`).
         let outcome = match outcome {
-            Ok(_) if !fill.src.still_holds() => Err(Errno::EIO),
+            Ok(_) if !fill.src.still_holds() => Err(libc::EIO),
             o => o,
         };
         if let Err(errno) = outcome {
@@ -1061,7 +1076,7 @@ impl Engine {
 
     /// Discards a fill that did not produce this version's bytes: block and slot freed, nothing
     /// published, every waiter gets `errno`.
-    fn fail_fill(&mut self, fill: Fill, errno: Errno) {
+    fn fail_fill(&mut self, fill: Fill, errno: i32) {
         self.shared.arena.free(fill.block);
         self.free_slots.push(fill.slot);
         self.shared
@@ -1074,7 +1089,7 @@ impl Engine {
                 "ERROR {} chunk {}: {}",
                 fill.src.name,
                 fill.key.chunk,
-                std::io::Error::from_raw_os_error(errno.code())
+                std::io::Error::from_raw_os_error(errno)
             );
         }
         let mut next = fill.waiters;
@@ -1128,9 +1143,14 @@ pub fn pread_full(
     Ok(done)
 }
 
-pub fn errno_of(e: &std::io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+/// The errno of an I/O error; EIO when it carries none.
+pub fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod engine_tests;
 
 #[cfg(test)]
 mod tests {

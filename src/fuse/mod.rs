@@ -36,7 +36,7 @@ use rustix::fs::Statx;
 
 use crate::codec::DtypeHint;
 use crate::codec::formats::{self, Layout, Parsed};
-use crate::engine::{Msg, Shared, errno_of, pread_full};
+use crate::engine::{Msg, Shared, pread_full};
 use nodes::{Node, Nodes};
 use read::Handle;
 use sys::Reopener;
@@ -86,6 +86,11 @@ pub struct NitroFs {
     next_file_id: AtomicU64,
     /// Set once the session exists; used to drop the kernel's cached attributes of a changed file.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+}
+
+/// An I/O error as the errno fuser replies with.
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_i32(crate::engine::errno_of(e))
 }
 
 impl NitroFs {

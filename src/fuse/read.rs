@@ -9,7 +9,7 @@ use fuser::{Errno, FileAttr, FileHandle, ReplyData};
 
 use super::NitroFs;
 use super::nodes::Node;
-use crate::engine::{Copied, Msg, Source};
+use crate::engine::{Copied, Msg, ReadReply, Source};
 use crate::index::Key;
 
 /// Per-open state: the version it opened, and the sequential-stream detector.
@@ -35,6 +35,17 @@ impl Handle {
             next_offset: AtomicU64::new(0),
             prefetched_to: AtomicU64::new(0),
         }
+    }
+}
+
+/// The engine completes misses through this: fuser's reply is the FUSE side of `ReadReply`.
+impl ReadReply for ReplyData {
+    fn data(self: Box<Self>, bytes: &[u8]) {
+        ReplyData::data(*self, bytes);
+    }
+
+    fn error(self: Box<Self>, errno: i32) {
+        ReplyData::error(*self, Errno::from_i32(errno));
     }
 }
 
@@ -151,7 +162,7 @@ impl NitroFs {
             fh,
             offset,
             size,
-            reply,
+            reply: Box::new(reply),
         });
     }
 
