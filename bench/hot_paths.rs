@@ -74,9 +74,7 @@ mod arena_hit_copy {
             };
             let start = ((r >> 32) as usize % (CHUNK - size + 1)) & !4095;
             let pin = index.pin(key, 1).expect("cached");
-            let view = pin.view();
-            // SAFETY: pinned, published, never written again in this benchmark.
-            let bytes = unsafe { arena.bytes(view.block, view.len) };
+            let bytes = pin.raw_bytes(&arena).expect("raw");
             out.copy_from_slice(&bytes[start..start + size]);
             divan::black_box(&out);
         });
@@ -93,9 +91,7 @@ mod arena_hit_copy {
             let half = CHUNK / 2;
             for (i, c) in [first, first + 1].into_iter().enumerate() {
                 let pin = index.pin(Key { file: 1, chunk: c }, 1).expect("cached");
-                let view = pin.view();
-                // SAFETY: as above.
-                let bytes = unsafe { arena.bytes(view.block, view.len) };
+                let bytes = pin.raw_bytes(&arena).expect("raw");
                 let (src, dst) = if i == 0 {
                     (&bytes[half..], &mut out[..half])
                 } else {

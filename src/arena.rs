@@ -218,8 +218,12 @@ impl Arena {
         }
     }
 
-    /// Returns a block. The caller guarantees no reader can still see it (unpublished and unpinned).
-    pub fn free(&self, block: Block) {
+    /// Returns a block.
+    ///
+    /// # Safety
+    /// No reader may still see it: it is unpublished (out of the index) and unpinned, and no
+    /// read is in flight into it. A block freed under a reader is handed out again and rewritten.
+    pub unsafe fn free(&self, block: Block) {
         let slab = (block.offset / self.slab_bytes as u64) as u32;
         let first = ((block.offset % self.slab_bytes as u64) / PAGE_BYTES as u64) as u32;
         assert!(slab < self.slab_count);
@@ -337,13 +341,17 @@ mod tests {
         // 13 more pages fit in the packed slab, then it is full.
         let rest = arena.alloc(13 * PAGE_BYTES).expect("rest of packed slab");
         assert!(arena.alloc(PAGE_BYTES).is_none());
-        arena.free(p1);
-        arena.free(p2);
-        arena.free(rest);
+        // SAFETY: test blocks are never published; nothing reads them.
+        unsafe { arena.free(p1) };
+        // SAFETY: test blocks are never published; nothing reads them.
+        unsafe { arena.free(p2) };
+        // SAFETY: test blocks are never published; nothing reads them.
+        unsafe { arena.free(rest) };
         assert_eq!(arena.usage().free_slabs, 1, "emptied packed slab returns");
         assert!(arena.alloc(slab).is_some());
         for b in [w1, w2, w3] {
-            arena.free(b);
+            // SAFETY: test blocks are never published; nothing reads them.
+            unsafe { arena.free(b) };
         }
         assert_eq!(arena.usage().used_bytes, slab as u64);
     }
@@ -360,7 +368,8 @@ mod tests {
             seed ^= seed << 17;
             if seed.is_multiple_of(3) && !live.is_empty() {
                 let b = live.swap_remove((seed >> 8) as usize % live.len());
-                arena.free(b);
+                // SAFETY: test blocks are never published; nothing reads them.
+                unsafe { arena.free(b) };
             } else {
                 let bytes = 1 + (seed >> 20) as usize % slab;
                 if let Some(b) = arena.alloc(bytes) {

@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 
 use crate::arena::{Arena, Block, PAGE_BYTES};
 use crate::codec::{self, Codec, DtypeHint, Scratch, formats::Layout};
-use crate::index::{Form, FxHasher, Index, Key, PIECES, SlotView, pack_block};
+use crate::index::{Form, FxHasher, Index, Key, PIECES, Pin, SlotView, pack_block};
 use crate::policy::s3fifo::{S3Fifo, Victim};
 
 /// (dev, ino, size, mtime ns, ctime ns): what must not change for cached bytes to stay a version's.
@@ -297,19 +297,17 @@ impl Shared {
 
     /// Decodes logical bytes `[offset, offset+out.len())` of a pinned encoded chunk; false when a
     /// piece is missing or fails its checksum (the caller must not serve `out` then).
-    pub fn decode_pieces(&self, view: &SlotView, offset: usize, out: &mut [u8]) -> bool {
+    pub fn decode_pieces(&self, pin: &Pin<'_>, offset: usize, out: &mut [u8]) -> bool {
         let piece_bytes = self.chunk_bytes as usize / PIECES;
         let mut pos = offset;
         let mut done = 0;
         while done < out.len() {
             let i = pos / piece_bytes;
-            let Some(block) = view.piece(i) else {
+            let Some(bytes) = pin.piece_bytes(&self.arena, i) else {
                 return false;
             };
             let in_piece = pos - i * piece_bytes;
             let take = (out.len() - done).min(piece_bytes - in_piece);
-            // SAFETY: the caller's pin keeps the piece published and unwritten.
-            let bytes = unsafe { self.arena.bytes(block, block.capacity_bytes()) };
             if decode_into(bytes, in_piece, &mut out[done..done + take]).is_err() {
                 return false;
             }
@@ -340,14 +338,10 @@ impl Shared {
                 return Copied::Missing;
             }
             let dst = &mut out[(pos - offset) as usize..][..take];
-            match view.form {
-                Form::Raw => {
-                    // SAFETY: the pin keeps the block published and unwritten while we read it.
-                    let bytes = unsafe { self.arena.bytes(view.block, view.len) };
-                    dst.copy_from_slice(&bytes[in_chunk..][..take]);
-                }
-                Form::Encoded => {
-                    if !self.decode_pieces(&view, in_chunk, dst) {
+            match pin.raw_bytes(&self.arena) {
+                Some(bytes) => dst.copy_from_slice(&bytes[in_chunk..][..take]),
+                None => {
+                    if !self.decode_pieces(&pin, in_chunk, dst) {
                         return Copied::Corrupt(key);
                     }
                 }
@@ -387,8 +381,10 @@ struct Fill {
 const MAX_ROUNDS: u8 = 6;
 
 pub struct Engine {
-    shared: Arc<Shared>,
+    /// Declared before `shared`: fields drop in order, so the ring (with the arena registered in
+    /// it) is gone before this engine's hold on the arena.
     ring: Ring,
+    shared: Arc<Shared>,
     rx: Receiver<Msg>,
     policy: S3Fifo,
     free_slots: Vec<u32>,
@@ -742,7 +738,9 @@ impl Engine {
                 .fetch_sub(view.stored_bytes() as u64, Ordering::Relaxed);
         }
         for b in view.blocks() {
-            self.shared.arena.free(b);
+            // SAFETY: the caller took this view out of the index with no pins (or never
+            // published it); nothing reads the blocks any more.
+            unsafe { self.shared.arena.free(b) };
         }
     }
 
@@ -809,7 +807,9 @@ impl Engine {
         if pages >= v.view.block.pages as usize {
             return false;
         }
-        self.shared.arena.free(v.view.block);
+        // SAFETY: the victim left the index unpinned, and the encoded pieces were copied out of
+        // it above; nothing reads it any more.
+        unsafe { self.shared.arena.free(v.view.block) };
         let mut view = SlotView {
             block: v.view.block,
             len: 0,
@@ -1077,7 +1077,9 @@ impl Engine {
     /// Discards a fill that did not produce this version's bytes: block and slot freed, nothing
     /// published, every waiter gets `errno`.
     fn fail_fill(&mut self, fill: Fill, errno: i32) {
-        self.shared.arena.free(fill.block);
+        // SAFETY: a failed fill's block was never published; only this fill used it, and its
+        // read has completed.
+        unsafe { self.shared.arena.free(fill.block) };
         self.free_slots.push(fill.slot);
         self.shared
             .stats

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::arena::Block;
+use crate::arena::{Arena, Block};
 
 /// A cache key: an internal file id (new for every version of a source file) and a chunk number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -172,9 +172,50 @@ pub struct Pin<'a> {
     view: SlotView,
 }
 
-impl Pin<'_> {
+impl<'a> Pin<'a> {
     pub fn view(&self) -> SlotView {
         self.view
+    }
+
+    /// The bytes of a raw chunk, borrowed from this pin (None for a compressed chunk): the only
+    /// safe way to read a cached block, so no slice can outlive the pin that keeps it valid.
+    pub fn raw_bytes<'p>(&'p self, arena: &'p Arena) -> Option<&'p [u8]> {
+        if self.view.form != Form::Raw {
+            return None;
+        }
+        // SAFETY: the pin keeps the block published and unwritten; the slice borrows the pin.
+        Some(unsafe { arena.bytes(self.view.block, self.view.len) })
+    }
+
+    /// The stored bytes of piece `i` of a compressed chunk, borrowed from this pin.
+    pub fn piece_bytes<'p>(&'p self, arena: &'p Arena, i: usize) -> Option<&'p [u8]> {
+        if self.view.form != Form::Encoded {
+            return None;
+        }
+        let block = self.view.piece(i)?;
+        // SAFETY: as for `raw_bytes`.
+        Some(unsafe { arena.bytes(block, block.capacity_bytes()) })
+    }
+
+    /// Two pinned raw chunks whose blocks are neighbours in the arena (`self` a whole chunk of
+    /// `chunk_bytes`), as one slice borrowed from both pins.
+    pub fn span_with<'p>(
+        &'p self,
+        next: &'p Pin<'a>,
+        arena: &'p Arena,
+        chunk_bytes: usize,
+    ) -> Option<&'p [u8]> {
+        let (v0, v1) = (self.view, next.view);
+        let adjacent = v0.form == Form::Raw
+            && v1.form == Form::Raw
+            && v0.len == chunk_bytes
+            && v0.block.offset + chunk_bytes as u64 == v1.block.offset;
+        if !adjacent {
+            return None;
+        }
+        // SAFETY: both blocks are pinned, published and adjacent, so the range is one valid,
+        // unwritten piece of the arena for as long as both pins (which the slice borrows) live.
+        Some(unsafe { arena.span(v0.block.offset, chunk_bytes + v1.len) })
     }
     pub fn slot(&self) -> u32 {
         self.slot

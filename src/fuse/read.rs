@@ -80,11 +80,8 @@ impl NitroFs {
                 chunk: first,
             };
             if let Some(pin) = shared.index.pin(key, toucher) {
-                let view = pin.view();
                 let start = (offset - first * shared.chunk_bytes) as usize;
-                if view.form == crate::index::Form::Raw {
-                    // SAFETY: pinned; the block is published and not written while pinned.
-                    let bytes = unsafe { shared.arena.bytes(view.block, view.len) };
+                if let Some(bytes) = pin.raw_bytes(&shared.arena) {
                     shared.stats.hits.fetch_add(1, Ordering::Relaxed);
                     return reply.data(&bytes[start..start + size as usize]);
                 }
@@ -107,18 +104,9 @@ impl NitroFs {
             if let (Some(p0), Some(p1)) =
                 (shared.index.pin(k0, toucher), shared.index.pin(k1, toucher))
             {
-                let (v0, v1) = (p0.view(), p1.view());
                 let chunk = shared.chunk_bytes;
-                if v0.form == crate::index::Form::Raw
-                    && v1.form == crate::index::Form::Raw
-                    && v0.len as u64 == chunk
-                    && v0.block.offset + chunk == v1.block.offset
-                {
+                if let Some(bytes) = p0.span_with(&p1, &shared.arena, chunk as usize) {
                     let start = (offset - first * chunk) as usize;
-                    // SAFETY: both blocks are pinned, published and adjacent, so the span is
-                    // one valid, unwritten range of the arena.
-                    let bytes =
-                        unsafe { shared.arena.span(v0.block.offset, chunk as usize + v1.len) };
                     shared.stats.hits.fetch_add(1, Ordering::Relaxed);
                     return reply.data(&bytes[start..start + size as usize]);
                 }
