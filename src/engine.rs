@@ -87,7 +87,8 @@ pub struct Source {
     /// Kernel inode number of the mount, for page-cache invalidation.
     pub fuse_ino: u64,
     /// Tensor dtypes by byte range, from a safetensors or GGUF header: picks the codec per chunk.
-    pub layout: Option<Layout>,
+    /// Shared by every `Source` of one version, so a reopen does not read the header again.
+    pub layout: Option<Arc<Layout>>,
     /// Hint for chunks the layout does not cover (text files, or Unknown).
     pub default_hint: DtypeHint,
     /// Logical and stored bytes of this file's chunks compressed so far (for reports).

@@ -267,7 +267,27 @@ fn mount_entry(path: &Path) -> Option<(String, String)> {
 /// wrong path never unmounts someone else's filesystem.
 pub fn umount_nitro(path: &Path) -> Result<()> {
     match mount_entry(path) {
-        Some((_, fstype)) if fstype == FSTYPE => umount(path, false),
+        Some((_, fstype)) if fstype == FSTYPE => {
+            // A file closed a moment ago can keep the mount busy briefly (the last reference of
+            // an open file is dropped after close returns in some paths): retry for a second
+            // before reporting EBUSY.
+            let mut tries = 0;
+            loop {
+                match umount(path, false) {
+                    Err(e)
+                        if tries < 10
+                            && e.root_cause()
+                                .downcast_ref::<std::io::Error>()
+                                .and_then(std::io::Error::raw_os_error)
+                                == Some(libc::EBUSY) =>
+                    {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    r => return r,
+                }
+            }
+        }
         Some((_, fstype)) => bail!("{} is not a nitro-uring mount ({fstype})", path.display()),
         None => bail!(
             "{} is not a nitro-uring mount (not a mount point)",
@@ -340,7 +360,7 @@ pub fn umount(path: &Path, lazy: bool) -> Result<()> {
     if err.raw_os_error() == Some(libc::EINVAL) {
         bail!("{} is not a mount point", path.display());
     }
-    Err(anyhow!("unmount {}: {}", path.display(), err))
+    Err(anyhow::Error::new(err).context(format!("unmount {}", path.display())))
 }
 
 /// The message of a panic payload (`panic!` with a literal or a format string).

@@ -31,6 +31,8 @@ use rustix::fs::Statx;
 use super::CacheMode;
 use super::nodes::Node;
 use super::sys::{self, Reopener};
+use crate::codec::DtypeHint;
+use crate::codec::formats::Layout;
 use crate::engine::{Source, Stamp};
 
 /// A version whose timestamps are younger than this may still be being written.
@@ -53,6 +55,8 @@ struct Current {
     stable: bool,
     source: Weak<Source>,
     compress_logged: Arc<AtomicBool>,
+    /// The parsed weight header of this version (safetensors, GGUF), and the default hint.
+    header: (Option<Arc<Layout>>, DtypeHint),
 }
 
 impl Versions {
@@ -149,15 +153,28 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
     }
     let stamp = sys::stamp(&st);
     let stable = is_stable(&st, SystemTime::now());
-    // The header is read through a buffered descriptor held only for this (no lock held: it can
-    // be a large read).
-    let (layout, default_hint) = if direct {
-        match node.open_read(ctx.reopener, false) {
-            Ok(b) => super::read_layout(&b, &node.name, st.stx_size),
-            Err(_) => (None, crate::codec::DtypeHint::Unknown),
+    // The weight header: parsed once per version. A new version's is read through a buffered
+    // descriptor held only for this, with no lock held (it can be a large read).
+    let known = ctx
+        .registry
+        .map
+        .lock()
+        .get(&(stamp.0, stamp.1))
+        .filter(|c| c.stable && c.stamp == stamp)
+        .map(|c| c.header.clone());
+    let (layout, default_hint) = match known {
+        Some(h) => h,
+        None => {
+            let (l, hint) = if direct {
+                match node.open_read(ctx.reopener, false) {
+                    Ok(b) => super::read_layout(&b, &node.name, st.stx_size),
+                    Err(_) => (None, DtypeHint::Unknown),
+                }
+            } else {
+                super::read_layout(&fd, &node.name, st.stx_size)
+            };
+            (l.map(Arc::new), hint)
         }
-    } else {
-        super::read_layout(&fd, &node.name, st.stx_size)
     };
     let identity = (stamp.0, stamp.1);
     let mut map = ctx.registry.map.lock();
@@ -183,7 +200,7 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
         size: st.stx_size,
         name: node.name.clone(),
         fuse_ino: ctx.fuse_ino,
-        layout,
+        layout: layout.clone(),
         default_hint,
         compressed_logical_bytes: AtomicU64::new(0),
         compressed_stored_bytes: AtomicU64::new(0),
@@ -206,6 +223,7 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
             stable,
             source: Arc::downgrade(&src),
             compress_logged,
+            header: (layout, default_hint),
         },
     );
     drop(map);
