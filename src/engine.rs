@@ -31,7 +31,8 @@ use parking_lot::Mutex;
 use crate::arena::{Arena, Block, PAGE_BYTES};
 use crate::codec::{self, Codec, DtypeHint, Scratch, formats::Layout};
 use crate::index::{Form, FxHasher, Index, Key, PIECES, Pin, SlotView, pack_block};
-use crate::policy::s3fifo::{S3Fifo, Victim};
+use crate::policy::Policy;
+use crate::policy::s3fifo::S3Fifo;
 
 /// (dev, ino, size, mtime ns, ctime ns): what must not change for cached bytes to stay a version's.
 pub type Stamp = (u64, u64, u64, i64, i64);
@@ -386,7 +387,8 @@ pub struct Engine {
     ring: Ring,
     shared: Arc<Shared>,
     rx: Receiver<Msg>,
-    policy: S3Fifo,
+    /// Orders slots for eviction; the engine alone removes index entries (see `take_victim`).
+    policy: Box<dyn Policy>,
     free_slots: Vec<u32>,
     fills: Vec<Option<Fill>>,
     free_fills: Vec<u32>,
@@ -406,6 +408,15 @@ pub struct Engine {
     readahead_fills: usize,
     /// Test hook, see `FAULT_ENV`.
     panic_on: Option<String>,
+}
+
+/// A slot the engine took out of the index on the policy's offer, with what it held (the engine
+/// frees the block or compresses it).
+struct Victim {
+    slot: u32,
+    view: SlotView,
+    /// It left the policy's main queue (it had been reused); a compressed tier may keep it.
+    from_main: bool,
 }
 
 /// Fault injection for tests, read once when the engine starts:
@@ -434,7 +445,7 @@ impl Engine {
         let slot_count = shared.index.slot_count();
         let waiter_capacity = 1024;
         let engine = Engine {
-            policy: S3Fifo::new(slot_count),
+            policy: Box::new(S3Fifo::new(slot_count)),
             free_slots: (0..slot_count).rev().collect(),
             fills: (0..max_fills).map(|_| None).collect(),
             free_fills: (0..max_fills as u32).rev().collect(),
@@ -722,10 +733,26 @@ impl Engine {
         if let Some(s) = self.free_slots.pop() {
             return Some(s);
         }
-        let v = self.policy.evict(&self.shared.index)?;
+        let v = self.take_victim()?;
         self.forget_block(v.view);
         self.shared.stats.evictions.fetch_add(1, Ordering::Relaxed);
         Some(v.slot)
+    }
+
+    /// Asks the policy for a victim and takes it out of the index (a pinned slot is refused and
+    /// the policy looks further). None when every queued slot is pinned.
+    fn take_victim(&mut self) -> Option<Victim> {
+        let index = &self.shared.index;
+        let mut view = None;
+        let pick = self.policy.pick_victim(index, &mut |slot| {
+            view = index.try_remove(slot);
+            view.is_some()
+        })?;
+        Some(Victim {
+            slot: pick.slot,
+            view: view.expect("the taken slot's view"),
+            from_main: pick.from_main,
+        })
     }
 
     /// Frees a block that left the index, keeping the compressed-bytes gauges right.
@@ -834,7 +861,7 @@ impl Engine {
         let stored = view.stored_bytes();
         self.shared.index.set(v.slot, key, view);
         self.shared.index.publish(v.slot, key, 0);
-        self.policy.insert_main(v.slot, stored as u32);
+        self.policy.insert_main(v.slot, key.hash64(), stored as u32);
         let s = &self.shared.stats;
         s.compressions.fetch_add(1, Ordering::Relaxed);
         s.encoded_logical_bytes
@@ -882,7 +909,7 @@ impl Engine {
             if let Some(b) = self.shared.arena.alloc(bytes) {
                 return Some(b);
             }
-            let v = self.policy.evict(&self.shared.index)?;
+            let v = self.take_victim()?;
             self.retire(v);
         }
         None
