@@ -390,6 +390,8 @@ pub struct Engine {
     /// Orders slots for eviction; the engine alone removes index entries (see `take_victim`).
     policy: Box<dyn Policy>,
     free_slots: Vec<u32>,
+    /// The resident (indexed and queued) slots of each file id, for `purge`.
+    file_slots: FileSlots,
     fills: Vec<Option<Fill>>,
     free_fills: Vec<u32>,
     in_flight: HashMap<Key, u32, BuildHasherDefault<FxHasher>>,
@@ -417,6 +419,67 @@ struct Victim {
     view: SlotView,
     /// It left the policy's main queue (it had been reused); a compressed tier may keep it.
     from_main: bool,
+}
+
+/// The resident slots of each file id, so that a purge visits that file's slots only. One entry per
+/// resident slot: a slot is listed from its publication until it leaves the index, under the file
+/// of its key; lists are swap-removed and dropped when empty.
+struct FileSlots {
+    lists: HashMap<u64, Vec<u32>, BuildHasherDefault<FxHasher>>,
+    /// Per slot: the file id it is listed under and its place in that list (`UNLISTED` if none).
+    file: Vec<u64>,
+    at: Vec<u32>,
+}
+
+const UNLISTED: u32 = u32::MAX;
+
+impl FileSlots {
+    fn new(slot_count: u32) -> FileSlots {
+        FileSlots {
+            lists: HashMap::default(),
+            file: vec![0; slot_count as usize],
+            at: vec![UNLISTED; slot_count as usize],
+        }
+    }
+
+    fn insert(&mut self, file: u64, slot: u32) {
+        let s = slot as usize;
+        debug_assert_eq!(self.at[s], UNLISTED, "slot {slot} listed twice");
+        let list = self.lists.entry(file).or_default();
+        self.file[s] = file;
+        self.at[s] = list.len() as u32;
+        list.push(slot);
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let s = slot as usize;
+        let at = std::mem::replace(&mut self.at[s], UNLISTED);
+        if at == UNLISTED {
+            return;
+        }
+        let file = self.file[s];
+        let list = self.lists.get_mut(&file).expect("a listed slot's file");
+        list.swap_remove(at as usize);
+        if let Some(&moved) = list.get(at as usize) {
+            self.at[moved as usize] = at;
+        } else if list.is_empty() {
+            self.lists.remove(&file);
+        }
+    }
+
+    /// Unlists and returns every slot of `file`.
+    fn take(&mut self, file: u64) -> Vec<u32> {
+        let list = self.lists.remove(&file).unwrap_or_default();
+        for &slot in &list {
+            self.at[slot as usize] = UNLISTED;
+        }
+        list
+    }
+
+    #[cfg(test)]
+    fn listed(&self, file: u64) -> usize {
+        self.lists.get(&file).map_or(0, Vec::len)
+    }
 }
 
 /// Fault injection for tests, read once when the engine starts:
@@ -447,6 +510,7 @@ impl Engine {
         let engine = Engine {
             policy: Box::new(S3Fifo::new(slot_count)),
             free_slots: (0..slot_count).rev().collect(),
+            file_slots: FileSlots::new(slot_count),
             fills: (0..max_fills).map(|_| None).collect(),
             free_fills: (0..max_fills as u32).rev().collect(),
             in_flight: HashMap::with_capacity_and_hasher(max_fills * 2, Default::default()),
@@ -748,6 +812,7 @@ impl Engine {
             view = index.try_remove(slot);
             view.is_some()
         })?;
+        self.file_slots.remove(pick.slot);
         Some(Victim {
             slot: pick.slot,
             view: view.expect("the taken slot's view"),
@@ -862,6 +927,7 @@ impl Engine {
         self.shared.index.set(v.slot, key, view);
         self.shared.index.publish(v.slot, key, 0);
         self.policy.insert_main(v.slot, key.hash64(), stored as u32);
+        self.file_slots.insert(key.file, v.slot);
         let s = &self.shared.stats;
         s.compressions.fetch_add(1, Ordering::Relaxed);
         s.encoded_logical_bytes
@@ -897,6 +963,7 @@ impl Engine {
         };
         if let Some(view) = self.shared.index.try_remove(slot) {
             self.policy.remove(slot);
+            self.file_slots.remove(slot);
             self.forget_block(view);
             self.free_slots.push(slot);
             tracing::warn!("DROP corrupt chunk {} of file id {}", key.chunk, key.file);
@@ -1079,6 +1146,7 @@ impl Engine {
             fill.key.hash64(),
             fill.block.pages * PAGE_BYTES as u32,
         );
+        self.file_slots.insert(fill.key.file, fill.slot);
         self.shared
             .stats
             .fill_bytes
@@ -1137,16 +1205,16 @@ impl Engine {
         let shared = self.shared.clone();
         let index = &shared.index;
         let mut dropped = 0u64;
-        for slot in 0..index.slot_count() {
-            if !self.policy.is_queued(slot) || index.key_of(slot).file != file_id {
-                continue;
-            }
+        for slot in self.file_slots.take(file_id) {
+            debug_assert!(self.policy.is_queued(slot) && index.key_of(slot).file == file_id);
             // A pinned chunk stays until eviction; its key can no longer be looked up by new opens.
             if let Some(view) = index.try_remove(slot) {
                 self.policy.remove(slot);
                 self.forget_block(view);
                 self.free_slots.push(slot);
                 dropped += 1;
+            } else {
+                self.file_slots.insert(file_id, slot);
             }
         }
         self.sources.remove(&file_id);
