@@ -31,7 +31,8 @@ use parking_lot::Mutex;
 use crate::arena::{Arena, Block, PAGE_BYTES};
 use crate::codec::{self, Codec, DtypeHint, Scratch, formats::Layout};
 use crate::index::{Form, FxHasher, Index, Key, PIECES, Pin, SlotView, pack_block};
-use crate::policy::s3fifo::{S3Fifo, Victim};
+use crate::policy::Policy;
+use crate::policy::s3fifo::S3Fifo;
 
 /// (dev, ino, size, mtime ns, ctime ns): what must not change for cached bytes to stay a version's.
 pub type Stamp = (u64, u64, u64, i64, i64);
@@ -387,8 +388,11 @@ pub struct Engine {
     ring: Ring,
     shared: Arc<Shared>,
     rx: Receiver<Msg>,
-    policy: S3Fifo,
+    /// Orders slots for eviction; the engine alone removes index entries (see `take_victim`).
+    policy: Box<dyn Policy>,
     free_slots: Vec<u32>,
+    /// The resident (indexed and queued) slots of each file id, for `purge`.
+    file_slots: FileSlots,
     fills: Vec<Option<Fill>>,
     free_fills: Vec<u32>,
     in_flight: HashMap<Key, u32, BuildHasherDefault<FxHasher>>,
@@ -407,6 +411,76 @@ pub struct Engine {
     readahead_fills: usize,
     /// Test hook, see `FAULT_ENV`.
     panic_on: Option<String>,
+}
+
+/// A slot the engine took out of the index on the policy's offer, with what it held (the engine
+/// frees the block or compresses it).
+struct Victim {
+    slot: u32,
+    view: SlotView,
+    /// It left the policy's main queue (it had been reused); a compressed tier may keep it.
+    from_main: bool,
+}
+
+/// The resident slots of each file id, so that a purge visits that file's slots only. One entry per
+/// resident slot: a slot is listed from its publication until it leaves the index, under the file
+/// of its key; lists are swap-removed and dropped when empty.
+struct FileSlots {
+    lists: HashMap<u64, Vec<u32>, BuildHasherDefault<FxHasher>>,
+    /// Per slot: the file id it is listed under and its place in that list (`UNLISTED` if none).
+    file: Vec<u64>,
+    at: Vec<u32>,
+}
+
+const UNLISTED: u32 = u32::MAX;
+
+impl FileSlots {
+    fn new(slot_count: u32) -> FileSlots {
+        FileSlots {
+            lists: HashMap::default(),
+            file: vec![0; slot_count as usize],
+            at: vec![UNLISTED; slot_count as usize],
+        }
+    }
+
+    fn insert(&mut self, file: u64, slot: u32) {
+        let s = slot as usize;
+        debug_assert_eq!(self.at[s], UNLISTED, "slot {slot} listed twice");
+        let list = self.lists.entry(file).or_default();
+        self.file[s] = file;
+        self.at[s] = list.len() as u32;
+        list.push(slot);
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let s = slot as usize;
+        let at = std::mem::replace(&mut self.at[s], UNLISTED);
+        if at == UNLISTED {
+            return;
+        }
+        let file = self.file[s];
+        let list = self.lists.get_mut(&file).expect("a listed slot's file");
+        list.swap_remove(at as usize);
+        if let Some(&moved) = list.get(at as usize) {
+            self.at[moved as usize] = at;
+        } else if list.is_empty() {
+            self.lists.remove(&file);
+        }
+    }
+
+    /// Unlists and returns every slot of `file`.
+    fn take(&mut self, file: u64) -> Vec<u32> {
+        let list = self.lists.remove(&file).unwrap_or_default();
+        for &slot in &list {
+            self.at[slot as usize] = UNLISTED;
+        }
+        list
+    }
+
+    #[cfg(test)]
+    fn listed(&self, file: u64) -> usize {
+        self.lists.get(&file).map_or(0, Vec::len)
+    }
 }
 
 /// Fault injection for tests, read once when the engine starts:
@@ -435,8 +509,9 @@ impl Engine {
         let slot_count = shared.index.slot_count();
         let waiter_capacity = 1024;
         let engine = Engine {
-            policy: S3Fifo::new(slot_count),
+            policy: Box::new(S3Fifo::new(slot_count)),
             free_slots: (0..slot_count).rev().collect(),
+            file_slots: FileSlots::new(slot_count),
             fills: (0..max_fills).map(|_| None).collect(),
             free_fills: (0..max_fills as u32).rev().collect(),
             in_flight: HashMap::with_capacity_and_hasher(max_fills * 2, Default::default()),
@@ -723,10 +798,27 @@ impl Engine {
         if let Some(s) = self.free_slots.pop() {
             return Some(s);
         }
-        let v = self.policy.evict(&self.shared.index)?;
+        let v = self.take_victim()?;
         self.forget_block(v.view);
         self.shared.stats.evictions.fetch_add(1, Ordering::Relaxed);
         Some(v.slot)
+    }
+
+    /// Asks the policy for a victim and takes it out of the index (a pinned slot is refused and
+    /// the policy looks further). None when every queued slot is pinned.
+    fn take_victim(&mut self) -> Option<Victim> {
+        let index = &self.shared.index;
+        let mut view = None;
+        let pick = self.policy.pick_victim(index, &mut |slot| {
+            view = index.try_remove(slot);
+            view.is_some()
+        })?;
+        self.file_slots.remove(pick.slot);
+        Some(Victim {
+            slot: pick.slot,
+            view: view.expect("the taken slot's view"),
+            from_main: pick.from_main,
+        })
     }
 
     /// Frees a block that left the index, keeping the compressed-bytes gauges right.
@@ -835,7 +927,8 @@ impl Engine {
         let stored = view.stored_bytes();
         self.shared.index.set(v.slot, key, view);
         self.shared.index.publish(v.slot, key, 0);
-        self.policy.insert_main(v.slot, stored as u32);
+        self.policy.insert_main(v.slot, key.hash64(), stored as u32);
+        self.file_slots.insert(key.file, v.slot);
         let s = &self.shared.stats;
         s.compressions.fetch_add(1, Ordering::Relaxed);
         s.encoded_logical_bytes
@@ -871,6 +964,7 @@ impl Engine {
         };
         if let Some(view) = self.shared.index.try_remove(slot) {
             self.policy.remove(slot);
+            self.file_slots.remove(slot);
             self.forget_block(view);
             self.free_slots.push(slot);
             tracing::warn!("DROP corrupt chunk {} of file id {}", key.chunk, key.file);
@@ -883,7 +977,7 @@ impl Engine {
             if let Some(b) = self.shared.arena.alloc(bytes) {
                 return Some(b);
             }
-            let v = self.policy.evict(&self.shared.index)?;
+            let v = self.take_victim()?;
             self.retire(v);
         }
         None
@@ -1053,6 +1147,7 @@ impl Engine {
             fill.key.hash64(),
             fill.block.pages * PAGE_BYTES as u32,
         );
+        self.file_slots.insert(fill.key.file, fill.slot);
         self.shared
             .stats
             .fill_bytes
@@ -1111,16 +1206,16 @@ impl Engine {
         let shared = self.shared.clone();
         let index = &shared.index;
         let mut dropped = 0u64;
-        for slot in 0..index.slot_count() {
-            if !self.policy.is_queued(slot) || index.key_of(slot).file != file_id {
-                continue;
-            }
+        for slot in self.file_slots.take(file_id) {
+            debug_assert!(self.policy.is_queued(slot) && index.key_of(slot).file == file_id);
             // A pinned chunk stays until eviction; its key can no longer be looked up by new opens.
             if let Some(view) = index.try_remove(slot) {
                 self.policy.remove(slot);
                 self.forget_block(view);
                 self.free_slots.push(slot);
                 dropped += 1;
+            } else {
+                self.file_slots.insert(file_id, slot);
             }
         }
         self.sources.remove(&file_id);

@@ -607,6 +607,61 @@ fn purge_during_a_fill_drops_the_old_chunks_and_answers_the_read() {
 }
 
 #[test]
+fn purge_drops_exactly_that_files_chunks_and_leaves_the_others() {
+    let mut rig = Rig::started(16, 4);
+    let a_data = pattern(4 * CHUNK as usize, 18);
+    let b_data = pattern(3 * CHUNK as usize, 19);
+    let a = rig.file("a", &a_data);
+    let b = rig.file("b", &b_data);
+    for c in 0..4 {
+        assert_eq!(rig.read(&a, c * CHUNK, 10), slice(&a_data, c * CHUNK, 10));
+        if c < 3 {
+            assert_eq!(rig.read(&b, c * CHUNK, 10), slice(&b_data, c * CHUNK, 10));
+        }
+    }
+    assert_eq!(rig.shared.index.len(), 7);
+    // A reader holds chunk 1 of `a`: the purge leaves it (and keeps it listed for a later one).
+    let key = Key {
+        file: a.file_id,
+        chunk: 1,
+    };
+    let pin = rig.shared.index.pin(key, 0).expect("cached");
+    rig.send(Msg::Purge { file_id: a.file_id });
+    wait_until("a purged", || !rig.cached(&a, 0) && !rig.cached(&a, 3));
+    assert!(!rig.cached(&a, 2) && rig.cached(&a, 1));
+    assert!((0..3).all(|c| rig.cached(&b, c)), "b's chunks stay");
+    assert_eq!(rig.shared.arena.usage().used_bytes, 4 * CHUNK);
+    drop(pin);
+    rig.send(Msg::Purge { file_id: a.file_id });
+    wait_until("a's pinned chunk purged", || !rig.cached(&a, 1));
+    assert_eq!(rig.shared.index.len(), 3);
+    assert_eq!(rig.shared.arena.usage().used_bytes, 3 * CHUNK);
+    let s = rig.stats();
+    assert_eq!((n(&s.fills), n(&s.evictions)), (7, 0));
+    for c in 0..3 {
+        assert_eq!(rig.read(&b, c * CHUNK, 10), slice(&b_data, c * CHUNK, 10));
+    }
+    assert_eq!((n(&s.fills), n(&s.hits)), (7, 3));
+    rig.stop();
+    let engine = rig.engine.as_ref().expect("engine stopped");
+    assert_eq!(
+        (
+            engine.file_slots.listed(a.file_id),
+            engine.file_slots.listed(b.file_id)
+        ),
+        (0, 3)
+    );
+    // Purging `b` then leaves nothing listed or indexed.
+    rig.start();
+    rig.send(Msg::Purge { file_id: b.file_id });
+    wait_until("b purged", || rig.shared.index.is_empty());
+    rig.stop();
+    let engine = rig.engine.as_ref().expect("engine stopped");
+    assert!(engine.file_slots.lists.is_empty());
+    assert_eq!(rig.shared.arena.usage().used_bytes, 0);
+}
+
+#[test]
 fn a_reopened_version_never_sees_the_old_versions_chunks() {
     let rig = Rig::started(8, 4);
     let old = pattern(2 * CHUNK as usize, 16);

@@ -14,7 +14,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 
-use crate::index::{FxHasher, Index, SlotView};
+use super::{AccessCounts, Pick, Policy};
+use crate::index::FxHasher;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Queue {
@@ -29,6 +30,8 @@ pub struct S3Fifo {
     queue: Vec<Queue>,
     generation: Vec<u32>,
     bytes: Vec<u32>,
+    /// Each queued slot's key hash, for the ghost queue when it leaves.
+    hashes: Vec<u64>,
     small_bytes: u64,
     main_bytes: u64,
     ghost: VecDeque<u64>,
@@ -36,14 +39,6 @@ pub struct S3Fifo {
     ghost_capacity: usize,
     /// Share of queued bytes the small queue may hold before it is preferred for eviction, in percent.
     small_percent: u64,
-}
-
-/// A slot the policy gave up, with what it held (the caller frees the block).
-pub struct Victim {
-    pub slot: u32,
-    pub view: SlotView,
-    /// It was evicted from the main queue (it had been reused); a compressed tier may keep it.
-    pub from_main: bool,
 }
 
 impl S3Fifo {
@@ -55,6 +50,7 @@ impl S3Fifo {
             queue: vec![Queue::None; n],
             generation: vec![0; n],
             bytes: vec![0; n],
+            hashes: vec![0; n],
             small_bytes: 0,
             main_bytes: 0,
             ghost: VecDeque::with_capacity(n),
@@ -62,53 +58,6 @@ impl S3Fifo {
             ghost_capacity: n,
             small_percent: 10,
         }
-    }
-
-    pub fn queued_bytes(&self) -> u64 {
-        self.small_bytes + self.main_bytes
-    }
-
-    /// A newly published slot enters the policy.
-    pub fn insert(&mut self, slot: u32, key_hash: u64, bytes: u32) {
-        let s = slot as usize;
-        assert_eq!(self.queue[s], Queue::None, "slot {slot} inserted twice");
-        self.bytes[s] = bytes;
-        let entry = (slot, self.generation[s]);
-        if self.ghost_take(key_hash) {
-            self.queue[s] = Queue::Main;
-            self.main.push_back(entry);
-            self.main_bytes += u64::from(bytes);
-        } else {
-            self.queue[s] = Queue::Small;
-            self.small.push_back(entry);
-            self.small_bytes += u64::from(bytes);
-        }
-    }
-
-    pub fn is_queued(&self, slot: u32) -> bool {
-        self.queue[slot as usize] != Queue::None
-    }
-
-    /// A slot re-published after compression: it has proven reuse, so it goes straight to main.
-    pub fn insert_main(&mut self, slot: u32, bytes: u32) {
-        let s = slot as usize;
-        assert_eq!(self.queue[s], Queue::None, "slot {slot} inserted twice");
-        self.bytes[s] = bytes;
-        self.queue[s] = Queue::Main;
-        self.main.push_back((slot, self.generation[s]));
-        self.main_bytes += u64::from(bytes);
-    }
-
-    /// The slot was removed from the index by someone else (invalidation): forget it.
-    pub fn remove(&mut self, slot: u32) {
-        let s = slot as usize;
-        match self.queue[s] {
-            Queue::Small => self.small_bytes -= u64::from(self.bytes[s]),
-            Queue::Main => self.main_bytes -= u64::from(self.bytes[s]),
-            Queue::None => return,
-        }
-        self.queue[s] = Queue::None;
-        self.generation[s] = self.generation[s].wrapping_add(1);
     }
 
     fn ghost_take(&mut self, key_hash: u64) -> bool {
@@ -141,9 +90,65 @@ impl S3Fifo {
         self.queue[s] == q && self.generation[s] == entry.1
     }
 
-    /// Evicts one slot: removes it from `index` (skipping pinned slots) and returns it, or None when
-    /// every queued slot is pinned.
-    pub fn evict(&mut self, index: &Index) -> Option<Victim> {
+    /// The slot left its queue (taken by the engine): it is no longer queued.
+    fn dequeued(&mut self, slot: u32) {
+        let s = slot as usize;
+        self.queue[s] = Queue::None;
+        self.generation[s] = self.generation[s].wrapping_add(1);
+    }
+}
+
+impl Policy for S3Fifo {
+    fn insert(&mut self, slot: u32, key_hash: u64, bytes: u32) {
+        let s = slot as usize;
+        assert_eq!(self.queue[s], Queue::None, "slot {slot} inserted twice");
+        self.bytes[s] = bytes;
+        self.hashes[s] = key_hash;
+        let entry = (slot, self.generation[s]);
+        if self.ghost_take(key_hash) {
+            self.queue[s] = Queue::Main;
+            self.main.push_back(entry);
+            self.main_bytes += u64::from(bytes);
+        } else {
+            self.queue[s] = Queue::Small;
+            self.small.push_back(entry);
+            self.small_bytes += u64::from(bytes);
+        }
+    }
+
+    fn insert_main(&mut self, slot: u32, key_hash: u64, bytes: u32) {
+        let s = slot as usize;
+        assert_eq!(self.queue[s], Queue::None, "slot {slot} inserted twice");
+        self.bytes[s] = bytes;
+        self.hashes[s] = key_hash;
+        self.queue[s] = Queue::Main;
+        self.main.push_back((slot, self.generation[s]));
+        self.main_bytes += u64::from(bytes);
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let s = slot as usize;
+        match self.queue[s] {
+            Queue::Small => self.small_bytes -= u64::from(self.bytes[s]),
+            Queue::Main => self.main_bytes -= u64::from(self.bytes[s]),
+            Queue::None => return,
+        }
+        self.dequeued(slot);
+    }
+
+    fn is_queued(&self, slot: u32) -> bool {
+        self.queue[slot as usize] != Queue::None
+    }
+
+    fn queued_bytes(&self) -> u64 {
+        self.small_bytes + self.main_bytes
+    }
+
+    fn pick_victim(
+        &mut self,
+        counts: &dyn AccessCounts,
+        take: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<Pick> {
         // Each queued entry can be looked at a bounded number of times: freq ≤ 3 re-queues in main,
         // one promotion from small, plus one pinned skip.
         let mut budget = 6 * (self.small.len() + self.main.len()) + 16;
@@ -161,30 +166,24 @@ impl S3Fifo {
                 }
                 let slot = entry.0;
                 let bytes = u64::from(self.bytes[slot as usize]);
-                if index.freq(slot) > 0 {
-                    index.set_freq(slot, 0);
+                if counts.freq(slot) > 0 {
+                    counts.set_freq(slot, 0);
                     self.small_bytes -= bytes;
                     self.main_bytes += bytes;
                     self.queue[slot as usize] = Queue::Main;
                     self.main.push_back(entry);
                     continue;
                 }
-                let key_hash = index.key_of(slot).hash64();
-                match index.try_remove(slot) {
-                    Some(view) => {
-                        self.small_bytes -= bytes;
-                        self.queue[slot as usize] = Queue::None;
-                        self.generation[slot as usize] =
-                            self.generation[slot as usize].wrapping_add(1);
-                        self.ghost_put(key_hash);
-                        return Some(Victim {
-                            slot,
-                            view,
-                            from_main: false,
-                        });
-                    }
-                    None => self.small.push_back(entry),
+                if take(slot) {
+                    self.small_bytes -= bytes;
+                    self.dequeued(slot);
+                    self.ghost_put(self.hashes[slot as usize]);
+                    return Some(Pick {
+                        slot,
+                        from_main: false,
+                    });
                 }
+                self.small.push_back(entry);
             } else {
                 let Some(entry) = self.main.pop_front() else {
                     continue;
@@ -193,26 +192,21 @@ impl S3Fifo {
                     continue;
                 }
                 let slot = entry.0;
-                let f = index.freq(slot);
+                let f = counts.freq(slot);
                 if f > 0 {
-                    index.set_freq(slot, f - 1);
+                    counts.set_freq(slot, f - 1);
                     self.main.push_back(entry);
                     continue;
                 }
-                match index.try_remove(slot) {
-                    Some(view) => {
-                        self.main_bytes -= u64::from(self.bytes[slot as usize]);
-                        self.queue[slot as usize] = Queue::None;
-                        self.generation[slot as usize] =
-                            self.generation[slot as usize].wrapping_add(1);
-                        return Some(Victim {
-                            slot,
-                            view,
-                            from_main: true,
-                        });
-                    }
-                    None => self.main.push_back(entry),
+                if take(slot) {
+                    self.main_bytes -= u64::from(self.bytes[slot as usize]);
+                    self.dequeued(slot);
+                    return Some(Pick {
+                        slot,
+                        from_main: true,
+                    });
                 }
+                self.main.push_back(entry);
             }
         }
         None
@@ -223,7 +217,12 @@ impl S3Fifo {
 mod tests {
     use super::*;
     use crate::arena::Block;
-    use crate::index::Key;
+    use crate::index::{Index, Key, SlotView};
+
+    /// What the engine does with an offer: take the slot out of the index unless it is pinned.
+    fn evict(policy: &mut S3Fifo, index: &Index) -> Option<Pick> {
+        policy.pick_victim(index, &mut |slot| index.try_remove(slot).is_some())
+    }
 
     fn fill(index: &Index, policy: &mut S3Fifo, slot: u32, key: Key) {
         index.set(
@@ -257,7 +256,7 @@ mod tests {
             }
             let slot = match free.pop() {
                 Some(s) => s,
-                None => policy.evict(&index).expect("victim").slot,
+                None => evict(policy, &index).expect("victim").slot,
             };
             fill(&index, policy, slot, key);
             false
@@ -299,11 +298,14 @@ mod tests {
         let pin = index.pin(Key { file: 9, chunk: 0 }, 0).expect("cached");
         assert_eq!(index.try_remove(1).map(|v| v.block.offset), Some(4096));
         policy.remove(1);
-        let v = policy.evict(&index).expect("victim");
+        let v = evict(&mut policy, &index).expect("victim");
         assert_eq!(v.slot, 2, "slot 0 pinned, slot 1 removed out of band");
-        assert!(policy.evict(&index).is_none(), "only a pinned slot left");
+        assert!(
+            evict(&mut policy, &index).is_none(),
+            "only a pinned slot left"
+        );
         drop(pin);
-        assert_eq!(policy.evict(&index).map(|v| v.slot), Some(0));
+        assert_eq!(evict(&mut policy, &index).map(|v| v.slot), Some(0));
         assert_eq!(policy.queued_bytes(), 0);
     }
 }
