@@ -4,7 +4,7 @@
 //! used, the table is covered by the header check, and every decoded frame by its own check, so
 //! a damaged block yields an error and never wrong or partial bytes (`out` is zeroed on error).
 
-use super::checksum::xxh64;
+use super::checksum::xxh3;
 use super::planes::{interleave2, interleave4, split2, split4};
 use super::{Codec, CodecError, MAX_FRAME_BYTES, Scratch, TEXT_ZSTD_LEVEL};
 
@@ -152,7 +152,7 @@ fn encode_frames(
         let entry = HEADER_BYTES + index * ENTRY_BYTES;
         dst[entry..entry + 4].copy_from_slice(&payload_end.to_le_bytes());
         dst[entry + 4..entry + 8].copy_from_slice(&mode.to_le_bytes());
-        dst[entry + 8..entry + 16].copy_from_slice(&xxh64(frame, frame_seed(index)).to_le_bytes());
+        dst[entry + 8..entry + 16].copy_from_slice(&xxh3(frame, frame_seed(index)).to_le_bytes());
     }
 
     let frame_bytes_u32 = u32::try_from(frame_bytes).ok()?;
@@ -176,8 +176,8 @@ fn packed_capacity(frame_bytes: usize) -> usize {
 }
 
 fn header_check(header_and_table: &[u8]) -> u64 {
-    let seed = xxh64(&header_and_table[..CHECKED_HEADER_BYTES], 0);
-    xxh64(&header_and_table[HEADER_BYTES..], seed)
+    let seed = xxh3(&header_and_table[..CHECKED_HEADER_BYTES], 0);
+    xxh3(&header_and_table[HEADER_BYTES..], seed)
 }
 
 fn store_raw(frame: &[u8], dst: &mut Vec<u8>) -> u32 {
@@ -476,7 +476,7 @@ fn decode_frame(
             Codec::Planes16 | Codec::Planes32 => decode_planes(codec, frame, dst, scratch)?,
         }
     }
-    if xxh64(dst, frame_seed(frame.index)) != frame.check {
+    if xxh3(dst, frame_seed(frame.index)) != frame.check {
         return Err(CodecError::FrameChecksum { frame: frame.index });
     }
     Ok(())
