@@ -182,11 +182,13 @@ impl Source {
 /// Whether chunks leaving the hot set are compressed into the arena instead of dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum CompressMode {
-    /// Per chunk, from the file's format and a sample: byte planes + zstd for floats, LZ4 for
-    /// text, raw (dropped) for what does not pay.
+    /// Per chunk, from the file's format and a sample: byte planes + zstd for floats, plain zstd
+    /// for text, raw (dropped) for what does not pay.
     Auto,
-    /// LZ4 for every chunk that saves enough.
-    Lz4,
+    /// Plain zstd (the text codec) for every chunk that saves enough. `lz4` is still accepted:
+    /// it named this mode when the text codec was LZ4.
+    #[value(alias = "lz4")]
+    Zstd,
     Off,
 }
 
@@ -866,7 +868,7 @@ impl Engine {
         let raw = unsafe { self.shared.arena.bytes(v.view.block, v.view.len) };
         let codec = match self.shared.compress {
             CompressMode::Auto => codec::choose(raw, hint),
-            _ => Codec::Lz4,
+            _ => Codec::Zstd,
         };
         if codec == Codec::Raw {
             return false;

@@ -484,7 +484,7 @@ fn a_source_read_error_reaches_the_reader_and_is_tried_again() {
 
 #[test]
 fn a_corrupt_compressed_chunk_is_dropped_and_read_again() {
-    let mut rig = Rig::new(8, 4, CompressMode::Lz4);
+    let mut rig = Rig::new(8, 4, CompressMode::Zstd);
     let data = text(2 * CHUNK as usize);
     let src = rig.file("f", &data);
     let key = Key {

@@ -59,7 +59,9 @@ struct MountArgs {
     /// direct: no second copy in the page cache (default); keep: page cache keeps read data
     #[arg(long, value_enum, default_value = "direct")]
     cache_mode: CacheMode,
-    /// Compress chunks leaving the hot set: auto (per dtype), lz4, or off
+    /// Compress chunks leaving the hot set: auto (per chunk: byte planes + zstd for floats, zstd
+    /// for text, raw otherwise), zstd (plain zstd for every chunk; `lz4` is an alias kept for
+    /// compatibility, it now means zstd), or off
     #[arg(long, value_enum, default_value = "auto")]
     compress: CompressMode,
 }

@@ -115,7 +115,7 @@ fn kind() -> impl Strategy<Value = Kind> {
 fn codec() -> impl Strategy<Value = Codec> {
     prop_oneof![
         Just(Codec::Raw),
-        Just(Codec::Lz4),
+        Just(Codec::Zstd),
         Just(Codec::Planes16),
         Just(Codec::Planes32)
     ]
@@ -297,7 +297,7 @@ fn incompressible_input_is_refused_and_compressible_accepted() {
     let mut scratch = Scratch::new(64 << 10);
     let mut block = vec![1, 2, 3];
     let noise = make_input(Kind::Random, 1 << 20, 7);
-    for codec in [Codec::Raw, Codec::Lz4, Codec::Planes16, Codec::Planes32] {
+    for codec in [Codec::Raw, Codec::Zstd, Codec::Planes16, Codec::Planes32] {
         assert_eq!(
             encode_chunk(&noise, codec, 64 << 10, 0.10, &mut scratch, &mut block),
             None
@@ -321,7 +321,15 @@ fn incompressible_input_is_refused_and_compressible_accepted() {
         )
         .is_some()
     );
-    let n = encode_chunk(&zeros, Codec::Lz4, 64 << 10, 0.10, &mut scratch, &mut block).unwrap();
+    let n = encode_chunk(
+        &zeros,
+        Codec::Zstd,
+        64 << 10,
+        0.10,
+        &mut scratch,
+        &mut block,
+    )
+    .unwrap();
     assert!(n < 16 << 10, "zeros: {n} bytes");
     let bf16 = make_input(Kind::Bf16, 1 << 20, 3);
     let n = encode_chunk(
@@ -367,7 +375,7 @@ fn one_scratch_serves_blocks_of_any_frame_size_and_codec() {
     let mut small = Scratch::new(4096);
     let src = make_input(Kind::Bf16, 3 << 20, 11);
     for frame_bytes in [4096, 1 << 20, 64 << 10, 4 << 20, 4096] {
-        for codec in [Codec::Planes16, Codec::Lz4, Codec::Planes32, Codec::Raw] {
+        for codec in [Codec::Planes16, Codec::Zstd, Codec::Planes32, Codec::Raw] {
             let block = encode(&src, codec, frame_bytes, &mut small);
             assert_eq!(
                 decode_all(&block, src.len(), &mut small).as_deref(),
@@ -387,8 +395,8 @@ fn exhaustive_single_byte_damage_on_small_blocks() {
     for (kind, codec) in [
         (Kind::Bf16, Codec::Planes16),
         (Kind::F32, Codec::Planes32),
-        (Kind::Text, Codec::Lz4),
-        (Kind::Pattern(7), Codec::Lz4),
+        (Kind::Text, Codec::Zstd),
+        (Kind::Pattern(7), Codec::Zstd),
         (Kind::Zeros, Codec::Planes16),
         (Kind::Random, Codec::Raw),
     ] {

@@ -245,7 +245,7 @@ fn measure(s: &Subject) -> anyhow::Result<FileReport> {
         chunks_encoded: 0,
         chunks: chunks.len(),
     }];
-    for codec in [Codec::Lz4, Codec::Planes16, Codec::Planes32] {
+    for codec in [Codec::Zstd, Codec::Planes16, Codec::Planes32] {
         rows.push(measure_codec(s, &chunks, codec.name(), |_, _| codec)?);
     }
 

@@ -4,13 +4,12 @@
 //! used, the table is covered by the header check, and every decoded frame by its own check, so
 //! a damaged block yields an error and never wrong or partial bytes (`out` is zeroed on error).
 
-use super::checksum::xxh64;
-use super::lz4hc::Lz4Hc;
+use super::checksum::xxh3;
 use super::planes::{interleave2, interleave4, split2, split4};
-use super::{Codec, CodecError, MAX_FRAME_BYTES, Scratch};
+use super::{Codec, CodecError, MAX_FRAME_BYTES, Scratch, TEXT_ZSTD_LEVEL};
 
 const MAGIC: [u8; 4] = *b"NUc1";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER_BYTES: usize = 32;
 /// Bytes of the header covered by the header check (everything before the check itself).
 const CHECKED_HEADER_BYTES: usize = 24;
@@ -18,8 +17,8 @@ const ENTRY_BYTES: usize = 16;
 
 /// Frame mode: stored raw, whatever the codec.
 const MODE_RAW: u32 = 1 << 31;
-/// Frame mode (lz4 codec): one LZ4 block.
-const MODE_LZ4: u32 = 1;
+/// Frame mode (zstd codec): one zstd frame.
+const MODE_ZSTD: u32 = 1;
 
 /// zstd settings for planes: level 1, tuned for what a plane is. An exponent plane has almost no
 /// real repeats, only chance 4–6-byte coincidences; level 1's default search turns those into
@@ -37,7 +36,27 @@ fn zstd_plane_params() -> [zstd::zstd_safe::CParameter; 4] {
     ]
 }
 
-/// A compressed plane or LZ4 frame must save at least 1/32 of its raw size, or it is stored raw:
+/// zstd settings for text: the level alone. zstd sizes its tables from the known source size
+/// (64 KiB frames get the ≤ 128 KiB parameter set), so nothing else needs tuning; the frame
+/// checksum and dictionary id are off by default.
+fn zstd_text_params() -> [zstd::zstd_safe::CParameter; 1] {
+    [zstd::zstd_safe::CParameter::CompressionLevel(
+        TEXT_ZSTD_LEVEL,
+    )]
+}
+
+/// Create a compression context with `params`; `None` if zstd cannot allocate or rejects one.
+fn new_cctx(
+    params: impl IntoIterator<Item = zstd::zstd_safe::CParameter>,
+) -> Option<zstd::zstd_safe::CCtx<'static>> {
+    let mut cctx = zstd::zstd_safe::CCtx::try_create()?;
+    for param in params {
+        cctx.set_parameter(param).ok()?;
+    }
+    Some(cctx)
+}
+
+/// A compressed plane or zstd frame must save at least 1/32 of its raw size, or it is stored raw:
 /// a 3% saving does not pay for running a decoder on every read.
 fn pays(raw_bytes: usize, packed_bytes: usize) -> bool {
     packed_bytes <= raw_bytes - raw_bytes / 32 && packed_bytes < raw_bytes
@@ -115,9 +134,7 @@ fn encode_frames(
         return None;
     }
     dst.resize(payload_start, 0);
-    if matches!(codec, Codec::Planes16 | Codec::Planes32)
-        && scratch.packed.len() < packed_capacity(frame_bytes)
-    {
+    if codec != Codec::Raw && scratch.packed.len() < packed_capacity(frame_bytes) {
         scratch.packed.resize(packed_capacity(frame_bytes), 0);
     }
     scratch.reserve_decode(frame_bytes);
@@ -125,7 +142,7 @@ fn encode_frames(
     for (index, frame) in src.chunks(frame_bytes).enumerate() {
         let mode = match codec {
             Codec::Raw => store_raw(frame, dst),
-            Codec::Lz4 => encode_lz4(frame, scratch, dst),
+            Codec::Zstd => encode_zstd(frame, scratch, dst),
             Codec::Planes16 | Codec::Planes32 => encode_planes(frame, codec, scratch, dst),
         };
         if dst.len() > budget_bytes {
@@ -135,7 +152,7 @@ fn encode_frames(
         let entry = HEADER_BYTES + index * ENTRY_BYTES;
         dst[entry..entry + 4].copy_from_slice(&payload_end.to_le_bytes());
         dst[entry + 4..entry + 8].copy_from_slice(&mode.to_le_bytes());
-        dst[entry + 8..entry + 16].copy_from_slice(&xxh64(frame, frame_seed(index)).to_le_bytes());
+        dst[entry + 8..entry + 16].copy_from_slice(&xxh3(frame, frame_seed(index)).to_le_bytes());
     }
 
     let frame_bytes_u32 = u32::try_from(frame_bytes).ok()?;
@@ -159,8 +176,8 @@ fn packed_capacity(frame_bytes: usize) -> usize {
 }
 
 fn header_check(header_and_table: &[u8]) -> u64 {
-    let seed = xxh64(&header_and_table[..CHECKED_HEADER_BYTES], 0);
-    xxh64(&header_and_table[HEADER_BYTES..], seed)
+    let seed = xxh3(&header_and_table[..CHECKED_HEADER_BYTES], 0);
+    xxh3(&header_and_table[HEADER_BYTES..], seed)
 }
 
 fn store_raw(frame: &[u8], dst: &mut Vec<u8>) -> u32 {
@@ -168,15 +185,27 @@ fn store_raw(frame: &[u8], dst: &mut Vec<u8>) -> u32 {
     MODE_RAW
 }
 
-fn encode_lz4(frame: &[u8], scratch: &mut Scratch, dst: &mut Vec<u8>) -> u32 {
-    let encoder = scratch.lz4.get_or_insert_with(|| Box::new(Lz4Hc::new()));
-    let start = dst.len();
-    let packed_bytes = encoder.compress(frame, dst);
-    if pays(frame.len(), packed_bytes) {
-        return MODE_LZ4;
+fn encode_zstd(frame: &[u8], scratch: &mut Scratch, dst: &mut Vec<u8>) -> u32 {
+    let Scratch {
+        packed,
+        text_compressor,
+        ..
+    } = scratch;
+    if text_compressor.is_none() {
+        *text_compressor = new_cctx(zstd_text_params());
     }
-    dst.truncate(start);
-    store_raw(frame, dst)
+    let Some(zc) = text_compressor.as_mut() else {
+        return store_raw(frame, dst);
+    };
+    // Output that does not fit in `limit` does not pay: zstd stops with dstSize_tooSmall.
+    let limit = frame.len() - frame.len() / 32;
+    match zc.compress2(&mut packed[..limit], frame) {
+        Ok(packed_bytes) if pays(frame.len(), packed_bytes) => {
+            dst.extend_from_slice(&packed[..packed_bytes]);
+            MODE_ZSTD
+        }
+        _ => store_raw(frame, dst),
+    }
 }
 
 fn encode_planes(frame: &[u8], codec: Codec, scratch: &mut Scratch, dst: &mut Vec<u8>) -> u32 {
@@ -207,12 +236,7 @@ fn encode_planes(frame: &[u8], codec: Codec, scratch: &mut Scratch, dst: &mut Ve
         }
     }
     if compressor.is_none() {
-        *compressor = zstd::zstd_safe::CCtx::try_create().and_then(|mut cctx| {
-            for param in zstd_plane_params() {
-                cctx.set_parameter(param).ok()?;
-            }
-            Some(cctx)
-        });
+        *compressor = new_cctx(zstd_plane_params());
     }
     let Some(zc) = compressor.as_mut() else {
         return store_raw(frame, dst);
@@ -438,23 +462,34 @@ fn decode_frame(
     } else {
         match codec {
             Codec::Raw => return Err(corrupt("mode")),
-            Codec::Lz4 => {
-                if frame.mode != MODE_LZ4 {
+            Codec::Zstd => {
+                if frame.mode != MODE_ZSTD {
                     return Err(corrupt("mode"));
                 }
-                match lz4_flex::block::decompress_into(frame.payload, dst) {
+                let zd = decompressor(&mut scratch.decompressor)?;
+                match zd.decompress(dst, frame.payload) {
                     Ok(n) if n == dst.len() => {}
-                    Ok(_) => return Err(corrupt("lz4 length")),
-                    Err(_) => return Err(corrupt("lz4 data")),
+                    Ok(_) => return Err(corrupt("zstd length")),
+                    Err(_) => return Err(corrupt("zstd data")),
                 }
             }
             Codec::Planes16 | Codec::Planes32 => decode_planes(codec, frame, dst, scratch)?,
         }
     }
-    if xxh64(dst, frame_seed(frame.index)) != frame.check {
+    if xxh3(dst, frame_seed(frame.index)) != frame.check {
         return Err(CodecError::FrameChecksum { frame: frame.index });
     }
     Ok(())
+}
+
+/// The scratch's decompression context, created on first use.
+fn decompressor<'a>(
+    slot: &'a mut Option<zstd::zstd_safe::DCtx<'static>>,
+) -> Result<&'a mut zstd::zstd_safe::DCtx<'static>, CodecError> {
+    if slot.is_none() {
+        *slot = Some(zstd::zstd_safe::DCtx::try_create().ok_or(CodecError::ZstdContext)?);
+    }
+    slot.as_mut().ok_or(CodecError::ZstdContext)
 }
 
 fn decode_planes(
@@ -479,7 +514,7 @@ fn decode_planes(
     let (lengths, mut rest) = frame.payload.split_at(prefix_bytes);
     let Scratch {
         planes,
-        decompressor,
+        decompressor: decompressor_slot,
         ..
     } = scratch;
 
@@ -501,12 +536,7 @@ fn decode_planes(
     if tail.len() != dst.len() - elems * plane_count {
         return Err(corrupt("tail length"));
     }
-    if decompressor.is_none() {
-        *decompressor = Some(zstd::zstd_safe::DCtx::try_create().ok_or(CodecError::ZstdContext)?);
-    }
-    let Some(zd) = decompressor.as_mut() else {
-        return Err(CodecError::ZstdContext);
-    };
+    let zd = decompressor(decompressor_slot)?;
     let planes = &mut planes[..elems * plane_count];
     for (p, plane) in planes.chunks_exact_mut(elems).enumerate() {
         if frame.mode & (1 << p) != 0 {

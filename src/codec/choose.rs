@@ -8,10 +8,10 @@
 //!
 //! The estimate is the order-0 entropy of each byte lane (byte `p` of 16/32-bit elements): that is
 //! what zstd's Huffman stage reaches on a split plane (the exponent plane has no long repeats),
-//! so it predicts the plane codecs' ratio within ~0.01 on real FP16/F32 weights. LZ4 gains only
-//! from repeats, which order-0 statistics do not see, so it is chosen for the shapes where repeats
-//! dominate: text, strings in a binary container (flat lanes, text and zero bytes only) and long
-//! runs of one byte value.
+//! so it predicts the plane codecs' ratio within ~0.01 on real FP16/F32 weights. Plain zstd on
+//! the unsplit bytes ([`Codec::Zstd`]) gains from repeats, which order-0 statistics do not see,
+//! so it is chosen for the shapes where repeats dominate: text, strings in a binary container
+//! (flat lanes, text and zero bytes only) and long runs of one byte value.
 
 use super::{Codec, DtypeHint};
 use std::sync::OnceLock;
@@ -35,7 +35,8 @@ const ACCEPT_RATIO_UNHINTED: f64 = 0.88;
 const ACCEPT_RATIO_HINTED: f64 = 0.93;
 /// Planes32 must beat Planes16 by this much to be chosen (two planes decode faster than four).
 const PLANES32_MARGIN: f64 = 0.02;
-/// One byte value covering this share of the sample means runs: LZ4 decodes those fastest.
+/// One byte value covering this share of the sample means runs: unsplit zstd codes those as long
+/// matches, with no plane split/interleave.
 const RUN_SHARE: f64 = 0.75;
 /// Text: this share of printable ASCII / whitespace / UTF-8 bytes, and no NUL.
 const TEXT_SHARE: f64 = 0.97;
@@ -52,7 +53,7 @@ const LANE_OVERHEAD_BITS: f64 = 0.06;
 pub fn choose(chunk: &[u8], hint: DtypeHint) -> Codec {
     match hint {
         DtypeHint::Quantized => return Codec::Raw,
-        DtypeHint::Text => return Codec::Lz4,
+        DtypeHint::Text => return Codec::Zstd,
         DtypeHint::Unknown | DtypeHint::Bf16 | DtypeHint::F16 | DtypeHint::F32 => {}
     }
     if chunk.len() < 64 {
@@ -200,8 +201,9 @@ pub struct SampleStats {
 }
 
 impl SampleStats {
-    /// Text, or strings in a binary container: repeats that LZ4 finds and order-0 statistics
-    /// miss (GGUF vocabulary chunks: LZ4 0.44–0.48 of raw, split planes + zstd 0.55–0.61).
+    /// Text, or strings in a binary container: repeats that unsplit zstd finds and order-0
+    /// statistics miss (GGUF vocabulary chunks, measured with the earlier LZ4 HC text codec:
+    /// 0.44–0.48 of raw, split planes + zstd 0.55–0.61).
     pub fn looks_like_strings(&self) -> bool {
         if self.zero_share == 0.0 && self.text_share >= TEXT_SHARE {
             return true;
@@ -282,7 +284,7 @@ fn entropy_bits(hist: &[u16; 256]) -> f64 {
 
 fn decide(stats: &SampleStats, hint: DtypeHint) -> Codec {
     if stats.top_share >= RUN_SHARE {
-        return Codec::Lz4;
+        return Codec::Zstd;
     }
     let r16 = stats.planes16_ratio();
     let r32 = stats.planes32_ratio();
@@ -303,7 +305,7 @@ fn decide(stats: &SampleStats, hint: DtypeHint) -> Codec {
         }
         DtypeHint::Unknown | DtypeHint::Quantized | DtypeHint::Text => {
             if stats.looks_like_strings() {
-                Codec::Lz4
+                Codec::Zstd
             } else if r32 + PLANES32_MARGIN < r16 && r32 <= ACCEPT_RATIO_UNHINTED {
                 Codec::Planes32
             } else if r16 <= ACCEPT_RATIO_UNHINTED {
@@ -343,15 +345,15 @@ mod tests {
     }
 
     #[test]
-    fn noise_is_raw_text_is_lz4_zeros_are_lz4() {
+    fn noise_is_raw_text_is_zstd_zeros_are_zstd() {
         assert_eq!(choose(&noise(1 << 20, 1), DtypeHint::Unknown), Codec::Raw);
         let text = "{\"model\": \"tokenizer\", \"vocab\": [\"hello\", \"world\"]}\n".repeat(30_000);
-        assert_eq!(choose(text.as_bytes(), DtypeHint::Unknown), Codec::Lz4);
-        assert_eq!(choose(&vec![0u8; 1 << 20], DtypeHint::Unknown), Codec::Lz4);
+        assert_eq!(choose(text.as_bytes(), DtypeHint::Unknown), Codec::Zstd);
+        assert_eq!(choose(&vec![0u8; 1 << 20], DtypeHint::Unknown), Codec::Zstd);
     }
 
     #[test]
-    fn strings_behind_lengths_are_lz4_int8_is_not() {
+    fn strings_behind_lengths_are_zstd_int8_is_not() {
         // GGUF vocabulary layout: u64 length, then the token's bytes. Tokens are made of common
         // pieces, as BPE vocabularies are, so they share substrings.
         let pieces = [
@@ -371,7 +373,7 @@ mod tests {
             vocab.extend_from_slice(token.as_bytes());
         }
         vocab.truncate(1 << 20);
-        assert_eq!(choose(&vocab, DtypeHint::Unknown), Codec::Lz4);
+        assert_eq!(choose(&vocab, DtypeHint::Unknown), Codec::Zstd);
         let mut scratch = crate::codec::Scratch::new(64 << 10);
         let mut block = Vec::new();
         let mut stored = |codec| {
@@ -384,17 +386,17 @@ mod tests {
                 &mut block,
             )
         };
-        let (lz4, planes) = (stored(Codec::Lz4), stored(Codec::Planes16));
+        let (text, planes) = (stored(Codec::Zstd), stored(Codec::Planes16));
         assert!(
-            lz4 < planes,
-            "the choice must be the better codec: lz4 {lz4:?}, planes {planes:?}"
+            text < planes,
+            "the choice must be the better codec: zstd {text:?}, planes {planes:?}"
         );
-        // int8 weights (roughly Gaussian, σ ≈ 30): no repeats for LZ4.
+        // int8 weights (roughly Gaussian, σ ≈ 30): no repeats for unsplit zstd.
         let int8: Vec<u8> = noise(4 << 20, 9)
             .chunks_exact(4)
             .map(|b| (b.iter().map(|&x| i32::from(x)).sum::<i32>() - 510) as i8 as u8)
             .collect();
-        assert_ne!(choose(&int8, DtypeHint::Unknown), Codec::Lz4);
+        assert_ne!(choose(&int8, DtypeHint::Unknown), Codec::Zstd);
     }
 
     #[test]
@@ -415,7 +417,7 @@ mod tests {
     #[test]
     fn hints_short_circuit() {
         assert_eq!(choose(&vec![0u8; 4096], DtypeHint::Quantized), Codec::Raw);
-        assert_eq!(choose(&noise(4096, 5), DtypeHint::Text), Codec::Lz4);
+        assert_eq!(choose(&noise(4096, 5), DtypeHint::Text), Codec::Zstd);
         assert_eq!(choose(&[], DtypeHint::Unknown), Codec::Raw);
     }
 

@@ -608,7 +608,8 @@ fn parse_gguf(head: &[u8], file_len: u64) -> Result<Option<Parsed>, FormatError>
 // text
 
 /// Does `head` look like text (UTF-8 without control bytes other than whitespace)? Used for
-/// files without a weight header: tokenizers, vocabularies, configs, which LZ4 compresses ~3×.
+/// files without a weight header: tokenizers, vocabularies, configs, which zstd level 1 stores
+/// at 0.32–0.54 of raw.
 pub fn sniff_text(head: &[u8]) -> bool {
     let head = &head[..head.len().min(4096)];
     if head.is_empty() {

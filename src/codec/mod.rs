@@ -6,7 +6,8 @@
 //! * Weights are not text. LZ-style codecs find no repeats in them (LZ4 on weights: 1.00×). What
 //!   they do have is a skewed exponent byte, which entropy-codes well once it is separated from
 //!   the mantissa bytes ([`Codec::Planes16`] / [`Codec::Planes32`], after ZipNN). Text, JSON and
-//!   tokenizer files are the opposite: repeats, so LZ4.
+//!   tokenizer files are the opposite: repeats plus a skewed byte distribution, so zstd on the
+//!   bytes as they are ([`Codec::Zstd`]).
 //! * Quantized blocks (Q4_K, Q8_0, …) are already near their entropy: they are kept raw, and the
 //!   decision must be nearly free ([`choose`] gives up on a tiny sample), because most bytes of a
 //!   GGUF file take that path.
@@ -21,25 +22,24 @@
 //!
 //! ```text
 //! 0   magic  "NUc1"
-//! 4   u8     format version (1)
-//! 5   u8     codec (0 raw, 1 lz4, 2 split16+zstd, 3 split32+zstd)
+//! 4   u8     format version (2; version 1 had LZ4 as codec 1 and XXH64 checks)
+//! 5   u8     codec (0 raw, 1 zstd, 2 split16+zstd, 3 split32+zstd)
 //! 6   u16    flags, must be 0
 //! 8   u32    frame_bytes (multiple of 4)
 //! 12  u32    frame_count = ceil(logical_len / frame_bytes)
 //! 16  u64    logical_len
-//! 24  u64    header check: xxh64(table, seed = xxh64(bytes 0..24))
-//! 32  table  frame_count × { u32 payload_end, u32 mode, u64 xxh64(decoded frame, seed = index) }
+//! 24  u64    header check: xxh3(table, seed = xxh3(bytes 0..24))
+//! 32  table  frame_count × { u32 payload_end, u32 mode, u64 xxh3(decoded frame, seed = index) }
 //! ..  payload: frame i is payload[end(i-1) .. end(i)]
 //! ```
 //!
-//! Frame `mode`: bit 31 = stored raw. Otherwise for lz4, 1 = lz4 block; for the plane codecs,
+//! Frame `mode`: bit 31 = stored raw. Otherwise for zstd, 1 = one zstd frame; for the plane codecs,
 //! bit `p` = plane `p` is zstd-compressed (else stored raw), and the payload is `K` u32 stored
 //! plane lengths, the `K` plane segments, then the `len % K` tail bytes raw.
 
 mod block;
 mod checksum;
 mod choose;
-mod lz4hc;
 mod planes;
 
 pub mod bench;
@@ -55,6 +55,12 @@ use std::fmt;
 pub const DEFAULT_FRAME_BYTES: usize = 64 << 10;
 /// Minimum saving worth the decode cost: below it a chunk is cached raw.
 pub const DEFAULT_MIN_SAVING: f64 = 0.10;
+/// zstd level of [`Codec::Zstd`] (text). Measured in 64 KiB frames on the Whisper/MiniLM
+/// vocabulary lists (README, "Compression"; 2026-11-27, 2-core machine under load): level 1
+/// stores 0.53–0.54 of raw at 0.23–0.34 GB/s per core (the hand-written LZ4 HC encoder it
+/// replaced: 0.61–0.65 at 0.03–0.08 GB/s), level 2 0.50–0.51 at 0.7–0.87× level 1's speed,
+/// level 3 0.50 at ≈0.6×, negative levels 0.67–0.89.
+pub const TEXT_ZSTD_LEVEL: i32 = 1;
 /// Upper bound on `frame_bytes` (bounds the scratch memory a corrupt header can make us use).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -74,8 +80,8 @@ pub enum DtypeHint {
 pub enum Codec {
     /// Stored as is.
     Raw,
-    /// LZ4 block per frame (hash-chain encoder, standard format): text, JSON, tokenizers, runs.
-    Lz4,
+    /// One zstd frame per frame (level [`TEXT_ZSTD_LEVEL`]): text, JSON, tokenizers, runs.
+    Zstd,
     /// 16-bit elements split into 2 byte planes, zstd (level 1) on each plane that pays.
     Planes16,
     /// 32-bit elements split into 4 byte planes, zstd (level 1) on each plane that pays.
@@ -83,12 +89,12 @@ pub enum Codec {
 }
 
 impl Codec {
-    pub const ALL: [Codec; 4] = [Codec::Raw, Codec::Lz4, Codec::Planes16, Codec::Planes32];
+    pub const ALL: [Codec; 4] = [Codec::Raw, Codec::Zstd, Codec::Planes16, Codec::Planes32];
 
     pub fn name(self) -> &'static str {
         match self {
             Codec::Raw => "raw",
-            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
             Codec::Planes16 => "split16+zstd",
             Codec::Planes32 => "split32+zstd",
         }
@@ -97,7 +103,7 @@ impl Codec {
     /// Bytes per element for the plane codecs (1 for the others).
     pub fn plane_count(self) -> usize {
         match self {
-            Codec::Raw | Codec::Lz4 => 1,
+            Codec::Raw | Codec::Zstd => 1,
             Codec::Planes16 => 2,
             Codec::Planes32 => 4,
         }
@@ -106,7 +112,7 @@ impl Codec {
     fn to_byte(self) -> u8 {
         match self {
             Codec::Raw => 0,
-            Codec::Lz4 => 1,
+            Codec::Zstd => 1,
             Codec::Planes16 => 2,
             Codec::Planes32 => 3,
         }
@@ -198,12 +204,12 @@ pub struct Scratch {
     planes: Vec<u8>,
     /// Encode only: compressed output of one plane.
     packed: Vec<u8>,
-    /// Encode only: LZ4 match-finder tables (~200 KiB), created on first LZ4 encode.
-    lz4: Option<Box<lz4hc::Lz4Hc>>,
     /// zstd contexts used directly (not `zstd::bulk`): their error path returns a code instead
     /// of building an `io::Error`, and "does not fit" is the common, expected outcome for planes
     /// that do not compress.
+    /// Encode only: plane context (plane parameters) and text context (text level).
     compressor: Option<zstd::zstd_safe::CCtx<'static>>,
+    text_compressor: Option<zstd::zstd_safe::CCtx<'static>>,
     decompressor: Option<zstd::zstd_safe::DCtx<'static>>,
 }
 
@@ -217,8 +223,8 @@ impl Scratch {
             frame: vec![0; frame_bytes],
             planes: vec![0; frame_bytes],
             packed: Vec::new(),
-            lz4: None,
             compressor: None,
+            text_compressor: None,
             decompressor: None,
         }
     }
@@ -240,6 +246,7 @@ impl fmt::Debug for Scratch {
             .field("frame_bytes", &self.frame.len())
             .field("packed_bytes", &self.packed.len())
             .field("has_compressor", &self.compressor.is_some())
+            .field("has_text_compressor", &self.text_compressor.is_some())
             .field("has_decompressor", &self.decompressor.is_some())
             .finish()
     }
