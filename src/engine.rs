@@ -1257,26 +1257,8 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn source_of(path: &std::path::Path) -> Source {
-        let file = std::fs::File::open(path).expect("open test file");
-        let fd = OwnedFd::from(file);
-        let stamp = fd_stamp(&fd).expect("fstat test file");
-        Source {
-            file_id: 1,
-            fd,
-            direct: false,
-            buffered: std::sync::OnceLock::new(),
-            size: stamp.2,
-            name: "t".into(),
-            fuse_ino: 2,
-            layout: None,
-            default_hint: DtypeHint::Unknown,
-            compressed_logical_bytes: AtomicU64::new(0),
-            compressed_stored_bytes: AtomicU64::new(0),
-            compression_logged: Arc::new(AtomicBool::new(false)),
-            stamp,
-            stale: AtomicBool::new(false),
-        }
+    fn source_of(path: &std::path::Path) -> Arc<Source> {
+        super::engine_tests::source_at(path, 1, "t", None)
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn text(len: usize) -> Vec<u8> {
     v
 }
 
-fn source_at(path: &Path, file_id: u64, name: &str, size: Option<u64>) -> Arc<Source> {
+pub(super) fn source_at(path: &Path, file_id: u64, name: &str, size: Option<u64>) -> Arc<Source> {
     let file = std::fs::File::open(path).expect("open test source");
     let fd = OwnedFd::from(file);
     let stamp = fd_stamp(&fd).expect("fstat test source");

@@ -415,18 +415,10 @@ impl Bench<'_> {
                 self.check()?;
                 let label = self.round_label(spec, round);
                 let m = run(&self.ctx(label), round)?;
-                gbps[i].push(run_gbps(&m));
-                acc[i] = Some(match acc[i].take() {
-                    None => m,
-                    Some(a) => a.merge(m),
-                });
+                add_run(&mut acc[i], &mut gbps[i], m);
             }
         }
-        for (((spec, _), m), g) in entries.iter().zip(acc).zip(gbps) {
-            let m = m.expect("at least one round");
-            let before = if spec.target == "mount" { before } else { None };
-            self.record(spec, m, before, &g);
-        }
+        self.record_runs(&entries, acc, gbps, before);
         Ok(())
     }
 
@@ -438,6 +430,21 @@ impl Bench<'_> {
             round + 1,
             self.rounds
         )
+    }
+
+    /// Records each row from its runs (a mount row with the mount's counters from `before`).
+    fn record_runs(
+        &mut self,
+        entries: &[(RowSpec<'static>, Runner)],
+        acc: Vec<Option<Measurement>>,
+        gbps: Vec<Vec<f64>>,
+        before: Option<StatsSnapshot>,
+    ) {
+        for (((spec, _), m), g) in entries.iter().zip(acc).zip(gbps) {
+            let Some(m) = m else { continue };
+            let before = if spec.target == "mount" { before } else { None };
+            self.record(spec, m, before, &g);
+        }
     }
 
     /// The cold rows: `rounds` runs per target, the targets taking turns, every run after all page
@@ -473,18 +480,10 @@ impl Bench<'_> {
                         _ => {}
                     }
                 }
-                gbps[i].push(run_gbps(&m));
-                acc[i] = Some(match acc[i].take() {
-                    None => m,
-                    Some(a) => a.merge(m),
-                });
+                add_run(&mut acc[i], &mut gbps[i], m);
             }
         }
-        for (((spec, _), m), g) in entries.iter().zip(acc).zip(gbps) {
-            let m = m.expect("at least one run");
-            let before = if spec.target == "mount" { before } else { None };
-            self.record(spec, m, before, &g);
-        }
+        self.record_runs(&entries, acc, gbps, before);
         Ok(())
     }
 
@@ -1299,4 +1298,13 @@ fn summary(r: &Report) -> String {
         let _ = writeln!(s, "note: {n}");
     }
     s
+}
+
+/// Adds one run to a row's accumulated measurement and its per-run rates.
+fn add_run(acc: &mut Option<Measurement>, gbps: &mut Vec<f64>, m: Measurement) {
+    gbps.push(run_gbps(&m));
+    *acc = Some(match acc.take() {
+        None => m,
+        Some(a) => a.merge(m),
+    });
 }
