@@ -43,6 +43,9 @@ enum SlabMode {
     Packed {
         used_pages: u32,
     },
+    /// Lent to the store (`lend`): its pages were given back to the kernel, and the store's tmpfs
+    /// pages stand in for them in the pool's budget.
+    Lent,
 }
 
 struct Alloc {
@@ -64,6 +67,8 @@ pub struct ArenaUsage {
     pub whole_slabs: u32,
     pub packed_slabs: u32,
     pub free_slabs: u32,
+    /// Slabs lent to the store (their bytes are the store's, not the arena's).
+    pub lent_slabs: u32,
 }
 
 pub struct Arena {
@@ -256,8 +261,66 @@ impl Arena {
                     }
                 }
             }
-            SlabMode::Free => panic!("free of a block in a free slab"),
+            SlabMode::Free | SlabMode::Lent => panic!("free of a block in a free or lent slab"),
         }
+    }
+
+    /// Takes `slabs` free slabs out of the arena for the store and returns their pages to the
+    /// kernel, so the pool's RAM budget covers store + arena. All or nothing: false (nothing
+    /// lent) when fewer are free; the caller evicts and tries again.
+    ///
+    /// Why lend slabs instead of splitting the pool at start-up: which tier deserves the RAM
+    /// depends on the files opened (a model that fits whole goes to the store and can be
+    /// passed through; a larger one is chunk-cached here), so the split follows the load.
+    pub fn lend(&self, slabs: u32) -> bool {
+        let mut a = self.alloc.lock();
+        if (a.free_slabs.len() as u64) < u64::from(slabs) {
+            return false;
+        }
+        for _ in 0..slabs {
+            let Some(slab) = a.free_slabs.pop() else {
+                break;
+            };
+            a.modes[slab as usize] = SlabMode::Lent;
+            let offset = slab as usize * self.slab_bytes;
+            // SAFETY: the slab is free (no block, so no reader or read in flight) and inside the
+            // mapping; MADV_DONTNEED on private anonymous memory only drops its pages (it reads
+            // as zeros if touched again).
+            let _ = unsafe {
+                rustix::mm::madvise(
+                    self.base.as_ptr().add(offset).cast(),
+                    self.slab_bytes,
+                    rustix::mm::Advice::LinuxDontNeed,
+                )
+            };
+        }
+        true
+    }
+
+    /// Returns `slabs` lent slabs to the free list (the store released that many slabs' bytes).
+    pub fn give_back(&self, slabs: u32) {
+        let mut a = self.alloc.lock();
+        let mut left = slabs;
+        for slab in 0..self.slab_count {
+            if left == 0 {
+                break;
+            }
+            if a.modes[slab as usize] == SlabMode::Lent {
+                a.modes[slab as usize] = SlabMode::Free;
+                a.free_slabs.push(slab);
+                left -= 1;
+            }
+        }
+        debug_assert_eq!(left, 0, "gave back more slabs than were lent");
+    }
+
+    /// Slabs free now (what `lend` can take without evicting).
+    pub fn free_slab_count(&self) -> u32 {
+        self.alloc.lock().free_slabs.len() as u32
+    }
+
+    pub fn slab_count(&self) -> u32 {
+        self.slab_count
     }
 
     pub fn usage(&self) -> ArenaUsage {
@@ -273,6 +336,7 @@ impl Arena {
                 SlabMode::Free => u.free_slabs += 1,
                 SlabMode::Whole => u.whole_slabs += 1,
                 SlabMode::Packed { .. } => u.packed_slabs += 1,
+                SlabMode::Lent => u.lent_slabs += 1,
             }
         }
         u

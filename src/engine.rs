@@ -33,6 +33,7 @@ use crate::codec::{self, Codec, DtypeHint, Scratch, formats::Layout};
 use crate::index::{Form, FxHasher, Index, Key, PIECES, Pin, SlotView, pack_block};
 use crate::policy::Policy;
 use crate::policy::s3fifo::S3Fifo;
+use crate::store::{Entry, Store};
 
 /// (dev, ino, size, mtime ns, ctime ns): what must not change for cached bytes to stay a version's.
 pub type Stamp = (u64, u64, u64, i64, i64);
@@ -101,6 +102,9 @@ pub struct Source {
     pub stamp: Stamp,
     /// The source no longer holds this version: misses fail with EIO, nothing more is read.
     pub stale: AtomicBool,
+    /// This version's store file, once admitted (see `store`): its chunks are filled there, not
+    /// in the arena, and a complete one is read by the kernel through passthrough.
+    pub store: std::sync::OnceLock<Arc<Entry>>,
 }
 
 impl Source {
@@ -228,6 +232,13 @@ pub enum Msg {
     Purge {
         file_id: u64,
     },
+    /// Keep this version whole in the store and fill it at full depth, if the budget allows
+    /// (`Source::store` is set when admitted).
+    Store {
+        src: Arc<Source>,
+        /// Opened before (a reuse): may push out other idle store files, not only take free room.
+        reused: bool,
+    },
     Shutdown,
 }
 
@@ -250,6 +261,8 @@ pub struct Stats {
     pub encoded_stored_bytes: AtomicU64,
     /// Compressed frames that failed their checksum (served from the source instead).
     pub decode_errors: AtomicU64,
+    /// Opens answered with passthrough to a store file (their reads never reach the daemon).
+    pub passthrough_opens: AtomicU64,
 }
 
 /// What the FUSE front and the engine share.
@@ -269,6 +282,8 @@ pub struct Shared {
     /// `death` holds the reason and is set before `dead`.
     pub dead: AtomicBool,
     pub death: Mutex<Option<String>>,
+    /// Whole versions in tmpfs files (None: `--store off`, or it could not be opened).
+    pub store: Option<Store>,
 }
 
 /// Result of copying a range out of the cache.
@@ -328,6 +343,17 @@ impl Shared {
         let mut pos = offset;
         while pos < end {
             let chunk = self.chunk_of(pos);
+            if let Some(e) = src.store.get()
+                && e.has(chunk)
+            {
+                let take = (end - pos).min((chunk + 1) * self.chunk_bytes - pos) as usize;
+                match e.range(pos, take) {
+                    Some(bytes) => out[(pos - offset) as usize..][..take].copy_from_slice(bytes),
+                    None => return Copied::Missing,
+                }
+                pos += take as u64;
+                continue;
+            }
             let key = Key {
                 file: src.file_id,
                 chunk,
@@ -368,10 +394,17 @@ struct Waiter {
     next: Option<u32>,
 }
 
+/// Where a fill's bytes go.
+enum Dest {
+    /// A block of the arena, published in the index under `slot` when complete.
+    Arena { slot: u32, block: Block },
+    /// The version's store file, at the chunk's own offset.
+    Store(Arc<Entry>),
+}
+
 struct Fill {
     key: Key,
-    slot: u32,
-    block: Block,
+    dest: Dest,
     src: Arc<Source>,
     /// The handle whose read or prefetch started this fill.
     filler: u64,
@@ -411,6 +444,8 @@ pub struct Engine {
     encoded: Vec<u8>,
     piece_buf: Vec<u8>,
     readahead_fills: usize,
+    /// Versions being filled whole into the store, with the next chunk to start.
+    store_jobs: VecDeque<(Arc<Source>, u64)>,
     /// Test hook, see `FAULT_ENV`.
     panic_on: Option<String>,
 }
@@ -527,6 +562,7 @@ impl Engine {
             encoded: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
             piece_buf: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
             readahead_fills: max_fills.saturating_sub(max_fills / 4).max(1),
+            store_jobs: VecDeque::new(),
             panic_on: std::env::var(FAULT_ENV)
                 .ok()
                 .and_then(|v| v.strip_prefix("engine-panic-on=").map(str::to_owned)),
@@ -550,6 +586,9 @@ impl Engine {
                 }
             }
             self.drain_backlog();
+            if open {
+                self.pump_store();
+            }
             if !open && self.ring.in_flight() == 0 {
                 break;
             }
@@ -620,8 +659,8 @@ impl Engine {
                 first,
                 last,
             } => {
-                if src.is_stale() {
-                    return;
+                if src.is_stale() || src.store.get().is_some() {
+                    return; // a stored version is being filled whole already
                 }
                 let last_chunk = src.size.saturating_sub(1) / self.shared.chunk_bytes;
                 for chunk in first..=last.min(last_chunk) {
@@ -644,6 +683,7 @@ impl Engine {
                 }
             }
             Msg::Purge { file_id } => self.purge(file_id),
+            Msg::Store { src, reused } => self.admit(src, reused),
             Msg::DropCorrupt { key } => self.drop_key(key),
             Msg::Shutdown => {}
         }
@@ -685,7 +725,8 @@ impl Engine {
                 file: src.file_id,
                 chunk,
             };
-            if !self.shared.index.contains(key) {
+            let stored = src.store.get().is_some_and(|e| e.has(chunk));
+            if !stored && !self.shared.index.contains(key) {
                 if missing.is_none() {
                     missing = Some(key);
                 } else if !self.in_flight.contains_key(&key) {
@@ -1000,20 +1041,25 @@ impl Engine {
         }
         let want = (src.size - chunk_start).min(self.shared.chunk_bytes) as usize;
         let f = self.free_fills.pop()?;
-        let Some(slot) = self.alloc_slot() else {
-            self.free_fills.push(f);
-            return None;
-        };
-        let Some(block) = self.alloc_block(want) else {
-            self.free_slots.push(slot);
-            self.free_fills.push(f);
-            return None;
+        let dest = match src.store.get().filter(|e| !e.is_broken()) {
+            Some(e) => Dest::Store(e.clone()),
+            None => {
+                let Some(slot) = self.alloc_slot() else {
+                    self.free_fills.push(f);
+                    return None;
+                };
+                let Some(block) = self.alloc_block(want) else {
+                    self.free_slots.push(slot);
+                    self.free_fills.push(f);
+                    return None;
+                };
+                Dest::Arena { slot, block }
+            }
         };
         let direct = src.direct;
         self.fills[f as usize] = Some(Fill {
             key,
-            slot,
-            block,
+            dest,
             src: src.clone(),
             filler,
             want_bytes: want as u32,
@@ -1064,15 +1110,21 @@ impl Engine {
                 }
             }
         };
-        // Never past the block, whatever the lengths above say.
-        let len = len.min(fill.block.capacity_bytes().saturating_sub(done));
-        debug_assert!(len > 0, "fill {f} has nothing left to read");
         let offset = fill.key.chunk * self.shared.chunk_bytes + done as u64;
-        // SAFETY: the block belongs to this fill alone until it is published or freed in
-        // `complete`, `done + len` is within its capacity, and `fill.src` keeps the descriptor
-        // open until then.
-        let ptr = unsafe { self.shared.arena.block_ptr(fill.block).add(done) };
-        // SAFETY: as above.
+        let (ptr, room) = match &fill.dest {
+            Dest::Arena { block, .. } => (
+                // SAFETY: `done` is within the block (it counts bytes that landed in it).
+                unsafe { self.shared.arena.block_ptr(*block).add(done) },
+                block.capacity_bytes().saturating_sub(done),
+            ),
+            Dest::Store(e) => e.fill_target(offset).unwrap_or((std::ptr::null_mut(), 0)),
+        };
+        // Never past the block (or the store file's last page), whatever the lengths above say.
+        let len = len.min(room);
+        debug_assert!(len > 0, "fill {f} has nothing left to read");
+        // SAFETY: the destination (an arena block, or an unfilled chunk of a store mapping that the
+        // fill's `Arc<Entry>` keeps mapped) belongs to this fill alone until `complete`, `len`
+        // bytes fit there, and `fill.src` keeps the descriptor open until then.
         let pushed = unsafe {
             self.ring
                 .push_read(fd, offset, ptr, len as u32, u64::from(f))
@@ -1141,15 +1193,21 @@ impl Engine {
                 rustix::fs::Advice::DontNeed,
             );
         }
-        let view = SlotView::raw(fill.block, fill.want_bytes as usize);
-        self.shared.index.set(fill.slot, fill.key, view);
-        self.shared.index.publish(fill.slot, fill.key, fill.filler);
-        self.policy.insert(
-            fill.slot,
-            fill.key.hash64(),
-            fill.block.pages * PAGE_BYTES as u32,
-        );
-        self.file_slots.insert(fill.key.file, fill.slot);
+        match &fill.dest {
+            Dest::Arena { slot, block } => {
+                let view = SlotView::raw(*block, fill.want_bytes as usize);
+                self.shared.index.set(*slot, fill.key, view);
+                self.shared.index.publish(*slot, fill.key, fill.filler);
+                self.policy
+                    .insert(*slot, fill.key.hash64(), block.pages * PAGE_BYTES as u32);
+                self.file_slots.insert(fill.key.file, *slot);
+            }
+            Dest::Store(e) => {
+                if e.mark_filled(fill.key.chunk) {
+                    self.finish_store(&fill.src, e);
+                }
+            }
+        }
         self.shared
             .stats
             .fill_bytes
@@ -1175,10 +1233,35 @@ impl Engine {
     /// Discards a fill that did not produce this version's bytes: block and slot freed, nothing
     /// published, every waiter gets `errno`.
     fn fail_fill(&mut self, fill: Fill, errno: i32) {
-        // SAFETY: a failed fill's block was never published; only this fill used it, and its
-        // read has completed.
-        unsafe { self.shared.arena.free(fill.block) };
-        self.free_slots.push(fill.slot);
+        match &fill.dest {
+            Dest::Arena { slot, block } => {
+                // SAFETY: a failed fill's block was never published; only this fill used it, and
+                // its read has completed.
+                unsafe { self.shared.arena.free(*block) };
+                self.free_slots.push(*slot);
+            }
+            Dest::Store(e)
+                if !fill.src.is_stale()
+                    && matches!(errno, libc::EFAULT | libc::ENOSPC | libc::ENOMEM) =>
+            {
+                // The store's tmpfs refused the pages (full): this version goes on in the arena.
+                tracing::warn!(
+                    "store: {} could not be filled ({}); serving it from the arena",
+                    fill.src.name,
+                    std::io::Error::from_raw_os_error(errno)
+                );
+                e.mark_broken();
+                let mut next = fill.waiters;
+                while let Some(wi) = next {
+                    next = self.waiters[wi as usize]
+                        .as_mut()
+                        .and_then(|w| w.next.take());
+                    self.evaluate(wi);
+                }
+                return;
+            }
+            Dest::Store(_) => {}
+        }
         self.shared
             .stats
             .fill_errors
@@ -1198,6 +1281,127 @@ impl Engine {
             next = w.next;
             w.reply.error(errno);
         }
+    }
+
+    /// Admits a version to the store if its budget can be found: free arena slabs first; then
+    /// idle store files opened only once; a reused version (opened before) may also evict arena
+    /// chunks and idle reused store files. A first-time file never pushes out what was reused, so
+    /// a one-pass scan cannot flush the store (it goes through the arena's S3-FIFO instead).
+    fn admit(&mut self, src: Arc<Source>, reused: bool) {
+        let shared = self.shared.clone();
+        let Some(store) = shared.store.as_ref() else {
+            return;
+        };
+        if src.store.get().is_some() || src.is_stale() || src.size == 0 {
+            return;
+        }
+        if let Some(e) = store.lookup(&src.stamp) {
+            let complete = e.is_complete();
+            let _ = src.store.set(e);
+            if !complete {
+                self.store_jobs.push_back((src, 0));
+            }
+            return;
+        }
+        let slabs = store.slabs_for(src.size);
+        if slabs > store.cap_slabs {
+            tracing::debug!("store: {} does not fit ({} slabs)", src.name, slabs);
+            return;
+        }
+        let arena = &shared.arena;
+        arena.give_back(store.sweep_incomplete());
+        let max_uses = if reused { u64::MAX } else { 1 };
+        let mut granted = false;
+        for _ in 0..=arena.slab_count() {
+            if store.held_slabs().saturating_add(slabs) > store.cap_slabs {
+                match store.evict_one(max_uses) {
+                    Some(n) => arena.give_back(n),
+                    None => break,
+                }
+                continue;
+            }
+            if arena.lend(slabs) {
+                granted = true;
+                break;
+            }
+            if let Some(n) = store.evict_one(1) {
+                arena.give_back(n);
+            } else if !reused {
+                break;
+            } else if let Some(v) = self.take_victim() {
+                self.forget_block(v.view);
+                self.free_slots.push(v.slot);
+                self.shared.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(n) = store.evict_one(u64::MAX) {
+                arena.give_back(n);
+            } else {
+                break;
+            }
+        }
+        if !granted {
+            tracing::debug!("store: no room for {} now", src.name);
+            return;
+        }
+        match store.create(src.stamp, slabs) {
+            Ok(e) => {
+                tracing::info!(
+                    "STORE {} ({} MiB): filling it whole",
+                    src.name,
+                    src.size >> 20
+                );
+                let _ = src.store.set(e);
+                // Its chunks in the arena would be a second copy.
+                self.purge(src.file_id);
+                self.store_jobs.push_back((src, 0));
+            }
+            Err(e) => {
+                arena.give_back(slabs);
+                tracing::warn!("store: cannot create a file for {}: {e}", src.name);
+            }
+        }
+    }
+
+    /// Starts store fills, in file order, while the ring has room beyond what readers need.
+    fn pump_store(&mut self) {
+        while self.in_flight.len() < self.readahead_fills && !self.free_fills.is_empty() {
+            let Some((src, next)) = self.store_jobs.front_mut() else {
+                break;
+            };
+            let Some(e) = src.store.get() else {
+                self.store_jobs.pop_front();
+                continue;
+            };
+            if src.is_stale() || e.is_broken() || *next >= e.chunk_count() {
+                self.store_jobs.pop_front();
+                continue;
+            }
+            let chunk = *next;
+            *next += 1;
+            let key = Key {
+                file: src.file_id,
+                chunk,
+            };
+            if e.has(chunk) || self.in_flight.contains_key(&key) {
+                continue;
+            }
+            let src = src.clone();
+            if self.start_fill(&src, key, 0).is_none() {
+                break;
+            }
+        }
+    }
+
+    /// The last chunk of a stored version landed (each checked against the source's stamp).
+    fn finish_store(&mut self, src: &Arc<Source>, e: &Arc<Entry>) {
+        if let Some(store) = self.shared.store.as_ref() {
+            store.finish(e);
+        }
+        tracing::info!(
+            "STORED {} ({} MiB): next opens are passthrough",
+            src.name,
+            src.size >> 20
+        );
+        self.purge(src.file_id);
     }
 
     /// Drops the chunks of a file version that changed. The kernel's side needs nothing from here:

@@ -68,6 +68,7 @@ pub(super) fn source_at(path: &Path, file_id: u64, name: &str, size: Option<u64>
         compression_logged: Arc::new(AtomicBool::new(false)),
         stamp,
         stale: AtomicBool::new(false),
+        store: std::sync::OnceLock::new(),
     })
 }
 
@@ -98,6 +99,7 @@ impl Rig {
             min_saving: codec::DEFAULT_MIN_SAVING,
             dead: AtomicBool::new(false),
             death: Mutex::new(None),
+            store: None,
         });
         let (tx, rx) = crossbeam_channel::bounded(4096);
         let (engine, waker) = Engine::new(shared.clone(), rx, max_fills).expect("io_uring");

@@ -11,3 +11,4 @@ pub mod index;
 pub mod mount;
 pub mod policy;
 pub mod size;
+pub mod store;

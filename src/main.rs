@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nitro_uring::mount::{CacheMode, CompressMode, MountConfig, Mounted};
+use nitro_uring::mount::{CacheMode, CompressMode, MountConfig, Mounted, StoreMode};
 use nitro_uring::size::{parse_bytes, parse_bytes_or_zero, parse_size};
 
 #[derive(Parser)]
@@ -64,6 +64,11 @@ struct MountArgs {
     /// compatibility, it now means zstd), or off
     #[arg(long, value_enum, default_value = "auto")]
     compress: CompressMode,
+    /// Where whole files are kept in RAM for FUSE passthrough and across restarts: a directory on
+    /// a tmpfs, `default` (a huge-page tmpfs mounted at /run/nitro-uring/store), `none` (kept
+    /// only while mounted) or `off` (no store: every read goes through the daemon)
+    #[arg(long, default_value = "default", value_parser = StoreMode::parse)]
+    store: StoreMode,
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -154,6 +159,7 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
     cfg.lock = a.lock;
     cfg.cache_mode = a.cache_mode;
     cfg.compress = a.compress;
+    cfg.store = a.store;
     // Signals are caught before mounting so a Ctrl+C during start-up still unmounts.
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
     let handle = signals.handle();

@@ -20,6 +20,8 @@ use crate::engine::{Engine, Msg, Shared, Stats};
 pub use crate::fuse::CacheMode;
 use crate::fuse::{NitroFs, Options};
 use crate::index::Index;
+use crate::store::Store;
+pub use crate::store::StoreMode;
 
 pub const FSTYPE: &str = "fuse.nitro-uring";
 
@@ -39,6 +41,8 @@ pub struct MountConfig {
     pub lock: bool,
     pub cache_mode: CacheMode,
     pub compress: CompressMode,
+    /// Where whole files are kept for passthrough and across restarts (`--store`).
+    pub store: StoreMode,
 }
 
 impl MountConfig {
@@ -58,6 +62,7 @@ impl MountConfig {
             lock: false,
             cache_mode: CacheMode::Direct,
             compress: CompressMode::Auto,
+            store: StoreMode::Default,
         }
     }
 }
@@ -83,13 +88,25 @@ pub struct StatsSnapshot {
     pub pool_used_bytes: u64,
     pub pool_bytes: u64,
     pub index_overhead_bytes: u64,
+    /// Whole files in the store (tmpfs), how many are complete (passthrough-ready), the bytes
+    /// they hold (part of `pool_used_bytes`), and opens answered with passthrough.
+    pub store_files: u64,
+    pub store_complete_files: u64,
+    pub store_bytes: u64,
+    pub passthrough_opens: u64,
 }
 
 fn snapshot(shared: &Shared) -> StatsSnapshot {
     let s: &Stats = &shared.stats;
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let used = shared.arena.usage().used_bytes;
+    let store = shared.store.as_ref().map(Store::usage).unwrap_or_default();
+    let arena_used = shared.arena.usage().used_bytes;
+    let used = arena_used + store.resident_bytes;
     StatsSnapshot {
+        store_files: store.files,
+        store_complete_files: store.complete_files,
+        store_bytes: store.resident_bytes,
+        passthrough_opens: r(&s.passthrough_opens),
         hits: r(&s.hits),
         misses: r(&s.misses),
         fills: r(&s.fills),
@@ -103,7 +120,7 @@ fn snapshot(shared: &Shared) -> StatsSnapshot {
         decode_errors: r(&s.decode_errors),
         encoded_logical_bytes: r(&s.encoded_logical_bytes),
         encoded_stored_bytes: r(&s.encoded_stored_bytes),
-        logical_cached_bytes: used - r(&s.encoded_stored_bytes).min(used)
+        logical_cached_bytes: used - r(&s.encoded_stored_bytes).min(arena_used)
             + r(&s.encoded_logical_bytes),
         pool_used_bytes: used,
         pool_bytes: shared.arena.pool_bytes() as u64,
@@ -148,6 +165,7 @@ pub fn validate(cfg: &MountConfig) -> Result<()> {
     if !mmeta.is_dir() {
         bail!("mountpoint {} is not a directory", mp.display());
     }
+    cfg.store.validate().map_err(|e| anyhow!(e))?;
     if is_mounted(mp) {
         bail!("mountpoint {} is already a mount point", mp.display());
     }
@@ -405,6 +423,41 @@ fn tune_bdi(mountpoint: &Path, readahead_bytes: u64) {
     }
 }
 
+/// Opens the store for this source and adopts what an earlier daemon left in it. None (logged):
+/// `--store off`, or no usable directory; the arena then serves everything, without passthrough.
+fn open_store(cfg: &MountConfig, source: &Path, arena: &Arena) -> Option<Store> {
+    if cfg.store == StoreMode::Off {
+        return None;
+    }
+    let root = std::fs::metadata(source).ok()?;
+    let slabs = arena.slab_count();
+    // The arena keeps an eighth of the pool whatever the store holds: files that do not fit the
+    // store, and compressed chunks, need somewhere to go.
+    let cap = slabs - (slabs / 8).max(1).min(slabs);
+    use std::os::unix::fs::MetadataExt;
+    match Store::open(
+        &cfg.store,
+        (root.dev(), root.ino()),
+        cfg.chunk_bytes,
+        cfg.chunk_bytes,
+        cap,
+    ) {
+        Ok(store) => {
+            let (n, bytes) = store.adopt(&mut |s| arena.lend(s));
+            tracing::info!(
+                "store {}: adopted {n} file(s), {} MiB, from an earlier run",
+                store.path.display(),
+                bytes >> 20
+            );
+            Some(store)
+        }
+        Err(e) => {
+            tracing::warn!("no store ({e}): files are served through the daemon only");
+            None
+        }
+    }
+}
+
 /// Every few seconds, tells the kernel about remembered inodes whose source object was deleted
 /// (see `fuse::Reaper`). Dropping the returned sender stops it.
 fn spawn_reaper(
@@ -446,7 +499,9 @@ impl Mounted {
         let slot_count =
             u32::try_from((cfg.pool_bytes / (64 << 10)).max(u64::from(slabs) * 4) + 256)
                 .map_err(|_| anyhow!("pool too large"))?;
+        let store = open_store(&cfg, &source, &arena);
         let shared = Arc::new(Shared {
+            store,
             arena,
             index: Index::new(slot_count, 64),
             stats: Stats::default(),

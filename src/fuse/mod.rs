@@ -11,6 +11,7 @@
 //! The hit path (`read`) lives in `read.rs`; it never allocates.
 
 mod nodes;
+mod passthrough;
 mod read;
 pub mod sys;
 mod versions;
@@ -86,6 +87,8 @@ pub struct NitroFs {
     next_file_id: AtomicU64,
     /// Set once the session exists; used to drop the kernel's cached attributes of a changed file.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// The kernel took FUSE_PASSTHROUGH and backing files are accepted (see `passthrough`).
+    passthrough: std::sync::atomic::AtomicBool,
 }
 
 /// An I/O error as the errno fuser replies with.
@@ -121,6 +124,7 @@ impl NitroFs {
             next_fh: AtomicU64::new(1),
             next_file_id: AtomicU64::new(1),
             notifier,
+            passthrough: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -166,6 +170,46 @@ impl NitroFs {
             self.opts.attr_ttl
         } else {
             Duration::ZERO
+        }
+    }
+
+    /// Asks the kernel for passthrough (kernel >= 6.9), which needs a store to pass through to.
+    fn init_passthrough(&self, config: &mut KernelConfig) {
+        if self.shared.store.is_none() {
+            return;
+        }
+        if !config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
+            tracing::info!(
+                "kernel offers no FUSE passthrough (needs >= 6.9): stored files are served through the daemon"
+            );
+            return;
+        }
+        // Backing files are on tmpfs (depth 0), so this mount stacks one deep.
+        let ok = config.set_max_stack_depth(1).is_ok()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
+        self.passthrough.store(ok, Ordering::Relaxed);
+        if ok {
+            tracing::info!("FUSE passthrough on: opens of stored files bypass the daemon");
+        }
+    }
+
+    /// Binds an opened version to its store file, or asks the engine to make one.
+    fn attach_store(&self, opened: &versions::Opened) {
+        let Some(store) = self.shared.store.as_ref() else {
+            return;
+        };
+        let src = &opened.src;
+        if src.store.get().is_some() || !opened.stable || src.size == 0 {
+            return;
+        }
+        match store.lookup(&src.stamp) {
+            Some(e) => {
+                let _ = src.store.set(e);
+            }
+            None => self.send(Msg::Store {
+                src: src.clone(),
+                reused: opened.reused,
+            }),
         }
     }
 
@@ -337,6 +381,7 @@ impl Filesystem for NitroFs {
         }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        self.init_passthrough(config);
         Ok(())
     }
 
@@ -429,14 +474,43 @@ impl Filesystem for NitroFs {
             // open/fstat/mmap) would report the old size until the attr TTL runs out.
             let _ = n.inval_inode(ino, -1, 0);
         }
-        let (open_flags, cached) =
-            versions::open_flags(&node, self.opts.cache_mode, opened.src.file_id);
+        self.attach_store(&opened);
+        let choice = passthrough::choose(&node, &opened.src, &self.passthrough, |e| {
+            reply.open_backing(e.fd())
+        });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let attr = self.attr(ino.0, &opened.st);
+        let (route, open_flags, cached) = match &choice {
+            passthrough::Choice::Busy => {
+                tracing::warn!(
+                    "OPEN {} refused: passthrough handles of an older version are still open",
+                    node.name
+                );
+                return reply.error(Errno::EBUSY);
+            }
+            passthrough::Choice::Passthrough(_) => {
+                self.shared
+                    .stats
+                    .passthrough_opens
+                    .fetch_add(1, Ordering::Relaxed);
+                (passthrough::Route::Passthrough, FopenFlags::empty(), false)
+            }
+            passthrough::Choice::Daemon => {
+                let (flags, cached) =
+                    versions::open_flags(&node, self.opts.cache_mode, opened.src.file_id);
+                (passthrough::Route::Daemon, flags, cached)
+            }
+        };
+        let handle = Handle::new(opened.src, node, attr, cached, route);
         self.handles[fh as usize % HANDLE_SHARDS]
             .write()
-            .insert(fh, Arc::new(Handle::new(opened.src, node, attr, cached)));
-        reply.opened(FileHandle(fh), open_flags);
+            .insert(fh, Arc::new(handle));
+        match choice {
+            passthrough::Choice::Passthrough(id) => {
+                reply.opened_passthrough(FileHandle(fh), open_flags, &id)
+            }
+            _ => reply.opened(FileHandle(fh), open_flags),
+        }
     }
 
     fn read(
@@ -456,7 +530,7 @@ impl Filesystem for NitroFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
@@ -466,10 +540,21 @@ impl Filesystem for NitroFs {
         let h = self.handles[fh.0 as usize % HANDLE_SHARDS]
             .write()
             .remove(&fh.0);
-        if let Some(h) = h
-            && h.cached
-        {
-            versions::release_cached(&h.node, h.src.file_id);
+        if let Some(h) = h {
+            if h.cached {
+                versions::release_cached(&h.node, h.src.file_id);
+            }
+            let last = passthrough::release(&h.node, h.route);
+            let stored = h.src.store.get().is_some_and(|e| e.is_complete());
+            if last
+                && stored
+                && self.opts.cache_mode == CacheMode::Direct
+                && let Some(n) = self.notifier.get()
+            {
+                // An mmap through a daemon-served handle filled the inode's page cache with a
+                // second copy of bytes the store holds; the next opens are passthrough, so drop it.
+                let _ = n.inval_inode(ino, 0, 0);
+            }
         }
         reply.ok();
     }

@@ -20,18 +20,27 @@ pub struct Handle {
     pub attr: FileAttr,
     /// Keep mode: this handle reads through the kernel's page cache.
     pub cached: bool,
+    /// Passthrough or daemon-served (undone at release).
+    pub route: super::passthrough::Route,
     next_offset: AtomicU64,
     /// Prefetch has been requested up to this chunk (exclusive).
     prefetched_to: AtomicU64,
 }
 
 impl Handle {
-    pub fn new(src: Arc<Source>, node: Arc<Node>, attr: FileAttr, cached: bool) -> Handle {
+    pub fn new(
+        src: Arc<Source>,
+        node: Arc<Node>,
+        attr: FileAttr,
+        cached: bool,
+        route: super::passthrough::Route,
+    ) -> Handle {
         Handle {
             src,
             node,
             attr,
             cached,
+            route,
             next_offset: AtomicU64::new(0),
             prefetched_to: AtomicU64::new(0),
         }
@@ -74,6 +83,11 @@ impl NitroFs {
         // Accesses count once per open handle (see `index::Slot::last_toucher`).
         let toucher = fh.0;
         self.maybe_prefetch(&h, fh.0, offset, end);
+        if let Some(bytes) = src.store.get().and_then(|e| e.range(offset, size as usize)) {
+            // A stored version: a slice of its tmpfs mapping, whatever chunks the range spans.
+            shared.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return reply.data(bytes);
+        }
         if first == last {
             let key = Key {
                 file: src.file_id,

@@ -46,6 +46,10 @@ pub struct Versions {
     page_cache_owner: Option<u64>,
     /// Keep mode: open handles that read through the page cache, per version.
     cached_handles: Vec<(u64, u32)>,
+    /// The backing file of the open passthrough handles (see `passthrough`).
+    pub backing: Option<super::passthrough::Backing>,
+    /// Open handles the daemon serves (no passthrough while there are any).
+    pub daemon_handles: u32,
 }
 
 struct Current {
@@ -110,6 +114,11 @@ pub struct Opened {
     /// The object's stamp differs from the last version this node served: its cached attributes
     /// (size!) must be dropped before the open returns.
     pub changed: bool,
+    /// This version was opened before (shared with open handles, or unchanged since the last
+    /// open): a reuse, which may claim store room from other files.
+    pub reused: bool,
+    /// Quiet long enough to be shared and kept (see `RACY_WINDOW`).
+    pub stable: bool,
 }
 
 fn is_stable(st: &Statx, now: SystemTime) -> bool {
@@ -184,6 +193,7 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
         return Ok(share(node, src, st));
     }
     let same = map.get(&identity).filter(|c| c.stable && c.stamp == stamp);
+    let reused = same.is_some();
     // An unchanged, stable version whose handles all closed keeps its cache id and chunks.
     let (file_id, compress_logged) = match same {
         Some(c) => (c.file_id, c.compress_logged.clone()),
@@ -207,6 +217,7 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
         compression_logged: compress_logged.clone(),
         stamp,
         stale: AtomicBool::new(false),
+        store: std::sync::OnceLock::new(),
     });
     node.versions.lock().last = Arc::downgrade(&src);
     let mut purge = Vec::new();
@@ -246,7 +257,16 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
             o.stamp != stamp
         }
     };
-    Ok((Opened { src, st, changed }, purge))
+    Ok((
+        Opened {
+            src,
+            st,
+            changed,
+            reused,
+            stable,
+        },
+        purge,
+    ))
 }
 
 /// An open that shares a live version: nothing to purge, nothing changed.
@@ -256,6 +276,8 @@ fn share(node: &Node, src: Arc<Source>, st: Statx) -> (Opened, Vec<u64>) {
         src,
         st,
         changed: false,
+        reused: true,
+        stable: true,
     };
     (opened, Vec::new())
 }
