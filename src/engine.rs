@@ -1292,7 +1292,7 @@ impl Engine {
         let Some(store) = shared.store.as_ref() else {
             return;
         };
-        if src.store.get().is_some() || src.is_stale() || src.size == 0 {
+        if src.store.get().is_some() || src.is_stale() || src.size < store.min_bytes() {
             return;
         }
         if let Some(e) = store.lookup(&src.stamp) {

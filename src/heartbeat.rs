@@ -24,6 +24,7 @@ pub fn spawn(shared: Arc<Shared>) -> Option<(Sender<()>, JoinHandle<()>)> {
                     s.fill_bytes.load(Ordering::Relaxed),
                     s.evictions.load(Ordering::Relaxed),
                     s.fill_errors.load(Ordering::Relaxed),
+                    s.passthrough_opens.load(Ordering::Relaxed),
                 ]
             };
             let mut last = read();
@@ -34,13 +35,28 @@ pub fn spawn(shared: Arc<Shared>) -> Option<(Sender<()>, JoinHandle<()>)> {
                 }
                 let now = read();
                 // No allocation here: this runs while readers are being served.
-                let d: [u64; 5] = std::array::from_fn(|i| now[i] - last[i]);
+                let d: [u64; 6] = std::array::from_fn(|i| now[i] - last[i]);
                 last = now;
                 if d.iter().all(|&x| x == 0) {
                     continue;
                 }
                 let pool = shared.arena.usage();
-                let pool_pct = 100.0 * pool.used_bytes as f64 / pool.pool_bytes.max(1) as f64;
+                let store = shared
+                    .store
+                    .as_ref()
+                    .map(crate::store::Store::usage)
+                    .unwrap_or_default();
+                let used = pool.used_bytes + store.resident_bytes;
+                let pool_pct = 100.0 * used as f64 / pool.pool_bytes.max(1) as f64;
+                if d[5] > 0 {
+                    // Reads of these opens go kernel -> store file: no HIT lines for them.
+                    tracing::info!(
+                        "PASSTHROUGH {} open(s); store {} file(s), {} MiB",
+                        d[5],
+                        store.complete_files,
+                        store.resident_bytes >> 20
+                    );
+                }
                 if d[2] > 0 {
                     let name = shared
                         .last_fill

@@ -437,6 +437,7 @@ fn open_store(cfg: &MountConfig, source: &Path, arena: &Arena) -> Option<Store> 
     use std::os::unix::fs::MetadataExt;
     match Store::open(
         &cfg.store,
+        source,
         (root.dev(), root.ino()),
         cfg.chunk_bytes,
         cfg.chunk_bytes,

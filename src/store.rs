@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,7 +49,9 @@ fn io_err(e: rustix::io::Errno) -> io::Error {
 pub struct Entry {
     pub stamp: Stamp,
     name: String,
-    file: OwnedFd,
+    /// The file itself, only for unnamed (`--store none`) files; a named one is reopened by name
+    /// when needed, so thousands of stored files do not hold thousands of descriptors.
+    file: Option<OwnedFd>,
     map: MmapRaw,
     chunk_bytes: u64,
     chunks: u64,
@@ -136,11 +138,6 @@ impl Entry {
             return false;
         }
         self.filled_count.fetch_add(1, Ordering::Relaxed) + 1 == self.chunks
-    }
-
-    /// The tmpfs file, for a passthrough backing registration.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
     }
 
     pub fn uses(&self) -> u64 {
@@ -283,6 +280,71 @@ fn default_dir() -> io::Result<PathBuf> {
     }
 }
 
+/// The file in each source's store directory that names the source (for `collect_orphans`).
+const SOURCE_RECORD: &str = "source";
+
+/// Removes the store directories of sources that are gone (deleted, or a different directory
+/// now at that path) and that no daemon holds, so their RAM does not stay taken forever. A
+/// directory whose source still exists is kept: mounting it again finds its files warm.
+fn collect_orphans(base: &OwnedFd, ours: &str) {
+    let Ok(list) = rustix::fs::Dir::read_from(base) else {
+        return;
+    };
+    for ent in list.flatten() {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix("src-") else {
+            continue;
+        };
+        if name == ours {
+            continue;
+        }
+        let Ok(dir) = rustix::fs::openat(
+            base,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        if rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue; // a live daemon's
+        }
+        let recorded = rustix::fs::openat(
+            &dir,
+            SOURCE_RECORD,
+            OFlags::RDONLY | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .ok()
+        .and_then(|fd| {
+            let mut buf = vec![0u8; 4096];
+            let n = rustix::io::read(&fd, &mut buf).ok()?;
+            buf.truncate(n);
+            Some(buf)
+        });
+        let alive = recorded.is_some_and(|r| {
+            let text = String::from_utf8_lossy(r.strip_suffix(b"\n").unwrap_or(&r)).into_owned();
+            std::fs::metadata(&text).is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                format!("{:x}-{:x}", m.dev(), m.ino()) == id
+            })
+        });
+        if alive {
+            continue;
+        }
+        if let Ok(files) = rustix::fs::Dir::read_from(&dir) {
+            for f in files.flatten() {
+                let n = f.file_name().to_string_lossy().into_owned();
+                if n != "." && n != ".." {
+                    let _ = rustix::fs::unlinkat(&dir, n.as_str(), AtFlags::empty());
+                }
+            }
+        }
+        let _ = rustix::fs::unlinkat(base, name.as_str(), AtFlags::REMOVEDIR);
+        tracing::debug!("store: removed {name} (its source is gone)");
+    }
+}
+
 /// Parses a store file name back into the stamp it was written for.
 fn parse_name(name: &str) -> Option<Stamp> {
     let parts: Vec<u64> = name
@@ -308,6 +370,7 @@ impl Store {
     /// evict each other's files. Err: no store (the caller logs why and serves from the arena).
     pub fn open(
         mode: &StoreMode,
+        source: &Path,
         root_id: (u64, u64),
         chunk_bytes: u64,
         slab_bytes: u64,
@@ -338,6 +401,22 @@ impl Store {
             rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
                 |_| io::Error::other(format!("{} is in use by another daemon", path.display())),
             )?;
+            collect_orphans(&base_fd, &sub);
+            // Which source this directory caches, so a later daemon can tell when it is gone.
+            let mut record = source.as_os_str().as_encoded_bytes().to_vec();
+            record.push(b'\n');
+            let fd = rustix::fs::openat(
+                &dir,
+                SOURCE_RECORD,
+                OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::TRUNC
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC,
+                Mode::RUSR | Mode::WUSR,
+            )
+            .map_err(io_err)?;
+            rustix::io::write(&fd, &record).map_err(io_err)?;
         } else {
             // Nothing named is ever made here; the directory itself goes at once.
             let _ = rustix::fs::unlinkat(&base_fd, sub.as_str(), AtFlags::REMOVEDIR);
@@ -356,6 +435,26 @@ impl Store {
         })
     }
 
+    /// A descriptor of an entry's file, for a passthrough backing registration.
+    pub fn backing_fd(&self, e: &Entry) -> io::Result<OwnedFd> {
+        match &e.file {
+            Some(f) => f.as_fd().try_clone_to_owned(),
+            None => rustix::fs::openat(
+                &self.dir,
+                e.name.as_str(),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(io_err),
+        }
+    }
+
+    /// Files smaller than this stay in the arena: packed there by the page, they would waste most
+    /// of a slab of store budget each, and a small file gains little from passthrough.
+    pub fn min_bytes(&self) -> u64 {
+        4 * self.chunk_bytes
+    }
+
     pub fn slabs_for(&self, size: u64) -> u32 {
         u32::try_from(size.div_ceil(self.slab_bytes)).unwrap_or(u32::MAX)
     }
@@ -372,7 +471,7 @@ impl Store {
         };
         for ent in dir.flatten() {
             let name = ent.file_name().to_string_lossy().into_owned();
-            if name == "." || name == ".." {
+            if name == "." || name == ".." || name == SOURCE_RECORD {
                 continue;
             }
             match self.adoptable(&name) {
@@ -440,6 +539,7 @@ impl Store {
         let map = MmapOptions::new()
             .len(size.next_multiple_of(PAGE_BYTES) as usize)
             .map_raw(&file)?;
+        let file = (!self.persist).then_some(file);
         let chunks = size.div_ceil(self.chunk_bytes);
         let words = chunks.div_ceil(64) as usize;
         let full = if complete { u64::MAX } else { 0 };

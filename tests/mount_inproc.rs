@@ -189,7 +189,12 @@ fn hardlinks_share_one_cache_entry() {
         "reading the hardlink b.bin filled again (separate cache entries?)"
     );
     assert_eq!(s2.misses, s1.misses, "reading the hardlink b.bin missed");
-    assert!(s2.hits > s1.hits, "reading b.bin produced no hits");
+    // Served from the cache: by the daemon (hits), or by the kernel from the stored file
+    // (passthrough, which the daemon never sees).
+    assert!(
+        s2.hits > s1.hits || s2.passthrough_opens > s1.passthrough_opens,
+        "reading b.bin was served neither by hits nor by passthrough"
+    );
     assert_eq!(
         s2.pool_used_bytes, s1.pool_used_bytes,
         "pool usage grew while reading the hardlink"

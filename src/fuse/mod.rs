@@ -199,7 +199,7 @@ impl NitroFs {
             return;
         };
         let src = &opened.src;
-        if src.store.get().is_some() || !opened.stable || src.size == 0 {
+        if src.store.get().is_some() || !opened.stable || src.size < store.min_bytes() {
             return;
         }
         match store.lookup(&src.stamp) {
@@ -476,7 +476,12 @@ impl Filesystem for NitroFs {
         }
         self.attach_store(&opened);
         let choice = passthrough::choose(&node, &opened.src, &self.passthrough, |e| {
-            reply.open_backing(e.fd())
+            let store = self
+                .shared
+                .store
+                .as_ref()
+                .ok_or(std::io::ErrorKind::NotFound)?;
+            reply.open_backing(store.backing_fd(e)?)
         });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let attr = self.attr(ino.0, &opened.st);
