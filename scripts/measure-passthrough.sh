@@ -25,7 +25,7 @@ dev_of() { # block device (name in /sys/block) holding $1
 }
 sectors_read() { awk '{print $3}' "/sys/block/$1/stat"; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-gbps() { awk -v b="$1" -v s="$2" 'BEGIN{printf "%.2f", b/s/1e9}'; }
+gbps() { awk -v b="$1" -v s="$2" 'BEGIN{printf "%.2f\n", b/s/1e9}'; }
 spread() { sort -n | awk '{a[NR]=$1} END{printf "%s / %s / %s", a[1], a[int((NR+1)/2)], a[NR]}'; }
 
 dd_gbps() { # file block-size
@@ -113,19 +113,18 @@ for mib in $SIZES; do
     name=w$mib.bin
     pool=$((mib + mib / 4 + 256))M
     echo "-- $name ($mib MiB), pool $pool"
-    want=$(md5sum <"$WORK/src/$name")
     drop_caches
-    cat "$WORK/src/$name" >/dev/null
+    echo "source cold dd bs=1M: $(dd_gbps "$WORK/src/$name" 1M) GB/s"
+    want=$(md5sum <"$WORK/src/$name")
     row "source (page cache)" "$WORK/src/$name"
     drop_caches
 
     mount_wait --pool "$pool"
     t0=$(date +%s.%N)
-    cat "$WORK/mnt/$name" >/dev/null
-    t1=$(date +%s.%N)
+    r=$(dd_gbps "$WORK/mnt/$name" 1M)
     wait_stored "$name"
     t2=$(date +%s.%N)
-    echo "mount cold read: $(gbps $((mib << 20)) "$(echo "$t1 - $t0" | bc)") GB/s; whole file stored $(echo "$t2 - $t0" | bc | cut -c1-5) s after the first open"
+    echo "mount cold dd bs=1M: $r GB/s; whole file stored $(echo "$t2 - $t0" | bc | cut -c1-5) s after the first open"
     row "mount passthrough (store)" "$WORK/mnt/$name"
     echo "mmap load through the mount: MemFree dropped by $(mmap_memfree_drop_mib "$WORK/mnt/$name") MiB for a $mib MiB file"
     umount_wait
@@ -142,7 +141,8 @@ for mib in $SIZES; do
         mount_wait --pool "$pool"
         [ "$(md5sum <"$WORK/mnt/$name")" = "$want" ] && same=byte-exact || same=DIFFERENT
         s1=$(sectors_read "$DEV")
-        echo "after SIG$how + new mount: first full read $same, $(( (s1 - s0) * 512 >> 20 )) MiB read from /dev/$DEV ($(grep -o 'adopted [0-9]* file(s), [0-9]* MiB' "$WORK/log"))"
+        daemon_mib=$(( $(awk '/^read_bytes/{print $2}' "/proc/$DAEMON/io") >> 20 ))
+        echo "after SIG$how + new mount: first full read $same; the daemon read $daemon_mib MiB from storage (/proc/PID/io), /dev/$DEV $(( (s1 - s0) * 512 >> 20 )) MiB in all, any process ($(grep -o 'adopted [0-9]* file(s), [0-9]* MiB' "$WORK/log"))"
         umount_wait
     done
 

@@ -417,6 +417,17 @@ struct Fill {
 
 const MAX_ROUNDS: u8 = 6;
 
+/// Uncached reads in flight at most (each has a buffer of the largest request, made at start-up).
+const UNCACHED_SLOTS: usize = 4;
+/// Marks an uncached read's completion (fills are tagged with their index alone).
+const UNCACHED_TAG: u64 = 1 << 62;
+
+/// A buffer for an uncached read, and the read using it: (request, bytes wanted, bytes landed).
+struct Uncached {
+    buf: Box<[u8]>,
+    job: Option<(Waiter, usize, usize)>,
+}
+
 pub struct Engine {
     /// Declared before `shared`: fields drop in order, so the ring (with the arena registered in
     /// it) is gone before this engine's hold on the arena.
@@ -446,6 +457,10 @@ pub struct Engine {
     readahead_fills: usize,
     /// Versions being filled whole into the store, with the next chunk to start.
     store_jobs: VecDeque<(Arc<Source>, u64)>,
+    uncached: Vec<Uncached>,
+    free_uncached: Vec<u32>,
+    /// Uncached reads waiting for a slot.
+    uncached_line: VecDeque<Waiter>,
     /// Test hook, see `FAULT_ENV`.
     panic_on: Option<String>,
 }
@@ -532,7 +547,8 @@ impl Engine {
         max_fills: usize,
     ) -> std::io::Result<(Engine, Waker)> {
         assert!(max_fills >= 2);
-        let mut ring = Ring::new((max_fills as u32 + 2).next_power_of_two())?;
+        // Room for every fill and uncached read queued between two waits, and the wake poll.
+        let mut ring = Ring::new(((max_fills + UNCACHED_SLOTS) as u32 + 2).next_power_of_two())?;
         // SAFETY: the arena lives in `shared`, which the engine holds for its whole life, and the
         // mapping is never moved or unmapped while the ring exists.
         match unsafe { ring.register_region(shared.arena.base_ptr(), shared.arena.usable_bytes()) }
@@ -563,6 +579,14 @@ impl Engine {
             piece_buf: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
             readahead_fills: max_fills.saturating_sub(max_fills / 4).max(1),
             store_jobs: VecDeque::new(),
+            uncached: (0..UNCACHED_SLOTS)
+                .map(|_| Uncached {
+                    buf: vec![0; shared.max_request_bytes.max(4096)].into_boxed_slice(),
+                    job: None,
+                })
+                .collect(),
+            free_uncached: (0..UNCACHED_SLOTS as u32).rev().collect(),
+            uncached_line: VecDeque::new(),
             panic_on: std::env::var(FAULT_ENV)
                 .ok()
                 .and_then(|v| v.strip_prefix("engine-panic-on=").map(str::to_owned)),
@@ -578,7 +602,9 @@ impl Engine {
     pub fn run(&mut self) -> Result<(), String> {
         let mut open = true;
         loop {
-            while open {
+            // Back-pressure: a new request needs a waiter slot; while all are taken, FUSE
+            // workers block on the bounded channel instead of this table growing.
+            while open && !self.free_waiters.is_empty() {
                 match self.rx.try_recv() {
                     Ok(Msg::Shutdown) | Err(TryRecvError::Disconnected) => open = false,
                     Ok(msg) => self.handle(msg),
@@ -614,6 +640,15 @@ impl Engine {
             }
         }
         self.backlog.clear();
+        for w in self.uncached_line.drain(..) {
+            w.reply.error(libc::EIO);
+        }
+        // (Only after the ring failed can these still be here; their buffers outlive the ring.)
+        for slot in &mut self.uncached {
+            if let Some((w, _, _)) = slot.job.take() {
+                w.reply.error(libc::EIO);
+            }
+        }
     }
 
     /// After the engine failed (`run` returned Err or panicked): records why, fails every parked
@@ -805,8 +840,10 @@ impl Engine {
         }
     }
 
-    /// Reads the request straight from the source into scratch, bypassing the arena. The slow path
-    /// of last resort; it keeps progress guaranteed when the arena cannot hold the request.
+    /// Reads the request straight from the source into a buffer of its own, bypassing the arena:
+    /// the slow path of last resort, which keeps progress guaranteed when the arena cannot hold
+    /// the request. Through the ring like every other read, so the engine never blocks on it; at
+    /// most `UNCACHED_SLOTS` at once (their buffers are made at start-up), the rest wait in line.
     fn serve_uncached(&mut self, w: Waiter) {
         self.shared
             .stats
@@ -816,24 +853,85 @@ impl Engine {
             return w.reply.error(libc::EIO);
         }
         let want = u64::from(w.size).min(w.src.size.saturating_sub(w.offset)) as usize;
-        let buf = &mut self.scratch[..want];
-        let read = w
-            .src
-            .buffered_fd()
-            .and_then(|fd| pread_full(fd, buf, w.offset));
-        match read {
-            Ok(n) if n < want => {
-                w.src.mark_stale(&format!(
-                    "end of file at {} before its size {}",
-                    w.offset + n as u64,
-                    w.src.size
-                ));
-                w.reply.error(libc::EIO)
+        if want == 0 {
+            return w.reply.data(&[]);
+        }
+        let Some(i) = self.free_uncached.pop() else {
+            self.uncached_line.push_back(w);
+            return;
+        };
+        self.uncached[i as usize].job = Some((w, want, 0));
+        self.submit_uncached(i);
+    }
+
+    /// Queues the rest of an uncached read (buffered descriptor: any offset and length).
+    fn submit_uncached(&mut self, i: u32) {
+        let slot = &mut self.uncached[i as usize];
+        let Some((w, want, done)) = slot.job.as_ref() else {
+            return;
+        };
+        let (want, done) = (*want, *done);
+        let fd = match w.src.buffered_fd() {
+            Ok(fd) => fd.as_raw_fd(),
+            Err(e) => return self.finish_uncached(i, Err(errno_of(&e))),
+        };
+        let offset = w.offset + done as u64;
+        let ptr = slot.buf[done..].as_mut_ptr();
+        // SAFETY: the slot's buffer is this read's alone until its completion (the job stays in
+        // the slot until then) and has `want - done` bytes from `ptr`; the waiter's `src` keeps
+        // the descriptor open.
+        let pushed = unsafe {
+            self.ring.push_read(
+                fd,
+                offset,
+                ptr,
+                (want - done) as u32,
+                UNCACHED_TAG | u64::from(i),
+            )
+        };
+        assert!(pushed, "ring full with {} reads", self.ring.in_flight());
+    }
+
+    fn complete_uncached(&mut self, i: u32, result: i32) {
+        let Some((w, want, done)) = self.uncached[i as usize].job.as_mut() else {
+            debug_assert!(false, "completion for a free uncached slot {i}");
+            return;
+        };
+        if result < 0 {
+            return self.finish_uncached(i, Err(-result));
+        }
+        if result == 0 {
+            w.src.mark_stale(&format!(
+                "end of file at {} before its size {}",
+                w.offset + *done as u64,
+                w.src.size
+            ));
+            return self.finish_uncached(i, Err(libc::EIO));
+        }
+        *done = (*done + result as usize).min(*want);
+        if *done < *want {
+            return self.submit_uncached(i);
+        }
+        // Served only if the file still is this version after the read (see `Source`).
+        let outcome = if w.src.still_holds() {
+            Ok(())
+        } else {
+            Err(libc::EIO)
+        };
+        self.finish_uncached(i, outcome);
+    }
+
+    fn finish_uncached(&mut self, i: u32, outcome: Result<(), i32>) {
+        let slot = &mut self.uncached[i as usize];
+        if let Some((w, want, _)) = slot.job.take() {
+            match outcome {
+                Ok(()) => w.reply.data(&slot.buf[..want]),
+                Err(errno) => w.reply.error(errno),
             }
-            // Served only if the file still is this version after the read (see `Source`).
-            Ok(n) if w.src.still_holds() => w.reply.data(&self.scratch[..n]),
-            Ok(_) => w.reply.error(libc::EIO),
-            Err(e) => w.reply.error(errno_of(&e)),
+        }
+        self.free_uncached.push(i);
+        if let Some(next) = self.uncached_line.pop_front() {
+            self.serve_uncached(next);
         }
     }
 
@@ -1134,6 +1232,9 @@ impl Engine {
     }
 
     fn complete(&mut self, c: Completion) {
+        if c.user_data & UNCACHED_TAG != 0 {
+            return self.complete_uncached((c.user_data & !UNCACHED_TAG) as u32, c.result);
+        }
         let f = c.user_data as u32;
         let fill = self.fills[f as usize]
             .as_mut()

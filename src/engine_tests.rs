@@ -86,6 +86,24 @@ struct Rig {
 impl Rig {
     /// A stopped engine over a pool of `pool_chunks` chunks with `max_fills` fill slots.
     fn new(pool_chunks: u64, max_fills: usize, compress: CompressMode) -> Rig {
+        Rig::build(pool_chunks, max_fills, compress, None)
+    }
+
+    /// A running engine with a store of `cap_chunks` chunks in its own directory on /dev/shm.
+    fn with_store(pool_chunks: u64, cap_chunks: u32, store_dir: &Path) -> Rig {
+        let mode = crate::store::StoreMode::Dir(store_dir.to_path_buf());
+        let store = Store::open(&mode, store_dir, (1, 2), CHUNK, CHUNK, cap_chunks).expect("store");
+        let mut rig = Rig::build(pool_chunks, 8, CompressMode::Off, Some(store));
+        rig.start();
+        rig
+    }
+
+    fn build(
+        pool_chunks: u64,
+        max_fills: usize,
+        compress: CompressMode,
+        store: Option<Store>,
+    ) -> Rig {
         let pool = pool_chunks * CHUNK;
         let arena = Arena::new(pool as usize, CHUNK as usize, false).expect("arena");
         let shared = Arc::new(Shared {
@@ -99,7 +117,7 @@ impl Rig {
             min_saving: codec::DEFAULT_MIN_SAVING,
             dead: AtomicBool::new(false),
             death: Mutex::new(None),
-            store: None,
+            store,
         });
         let (tx, rx) = crossbeam_channel::bounded(4096);
         let (engine, waker) = Engine::new(shared.clone(), rx, max_fills).expect("io_uring");
@@ -715,4 +733,103 @@ fn shutdown_finishes_reads_in_flight() {
     let thread = rig.thread.take().expect("running");
     rig.engine = Some(thread.join().expect("engine returned"));
     assert_eq!(n(&rig.stats().fills), 1);
+}
+
+fn store_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("nitro-engine-store-")
+        .tempdir_in("/dev/shm")
+        .expect("tempdir in /dev/shm")
+}
+
+fn stored(src: &Source) -> bool {
+    src.store.get().is_some_and(|e| e.is_complete())
+}
+
+#[test]
+fn an_admitted_version_is_filled_whole_into_its_store_file() {
+    let dir = store_dir();
+    let rig = Rig::with_store(32, 28, dir.path());
+    let data = pattern(10 * CHUNK as usize + 123, 31);
+    let src = rig.file("w.bin", &data);
+    rig.send(Msg::Store {
+        src: src.clone(),
+        reused: false,
+    });
+    wait_until("the store file complete", || stored(&src));
+    let e = src.store.get().expect("entry");
+    assert_eq!(e.range(0, data.len()), Some(&data[..]), "store file bytes");
+    // The bytes are in the store only: none in the arena, whose slabs were lent for them.
+    let u = rig.shared.arena.usage();
+    assert_eq!((u.used_bytes, u.lent_slabs), (0, 11), "{u:?}");
+    assert_eq!(
+        rig.read(&src, 5 * CHUNK - 7, 100),
+        slice(&data, 5 * CHUNK - 7, 100)
+    );
+}
+
+#[test]
+fn reads_during_a_store_fill_get_exact_bytes() {
+    let dir = store_dir();
+    let rig = Rig::with_store(64, 56, dir.path());
+    let data = pattern(40 * CHUNK as usize + 9, 32);
+    let src = rig.file("r.bin", &data);
+    rig.send(Msg::Store {
+        src: src.clone(),
+        reused: false,
+    });
+    let offsets = [39 * CHUNK, 0, 17 * CHUNK + 5, 40 * CHUNK - 3, 2 * CHUNK];
+    let pending: Vec<_> = offsets
+        .iter()
+        .map(|&o| (o, rig.miss(&src, o, 9000)))
+        .collect();
+    for (o, rx) in pending {
+        let want = slice(&data, o, (9000u64).min(data.len() as u64 - o) as u32);
+        assert_eq!(answer(&rx), want, "read at {o}");
+    }
+    wait_until("the store file complete", || stored(&src));
+}
+
+#[test]
+fn a_first_time_file_never_pushes_out_a_reused_one() {
+    let dir = store_dir();
+    // 16 chunks: 14 for the store; two 8-chunk files cannot both be stored.
+    let rig = Rig::with_store(16, 14, dir.path());
+    let a_data = pattern(8 * CHUNK as usize, 33);
+    let a = rig.file("a.bin", &a_data);
+    rig.send(Msg::Store {
+        src: a.clone(),
+        reused: false,
+    });
+    wait_until("a stored", || stored(&a));
+    let stamp = a.stamp;
+    drop(a);
+    // Opened again: a reuse (the front looks the entry up at open).
+    let store = rig.shared.store.as_ref().expect("store");
+    drop(store.lookup(&stamp).expect("a's entry"));
+    let b = rig.file("b.bin", &pattern(8 * CHUNK as usize, 34));
+    rig.send(Msg::Store {
+        src: b.clone(),
+        reused: false,
+    });
+    // A round trip through the engine: the admission above has been decided.
+    assert_eq!(rig.read(&b, 0, 10).map(|v| v.len()), Ok(10));
+    assert!(
+        b.store.get().is_none(),
+        "a first-time file took a reused file's room"
+    );
+    assert!(
+        store.lookup(&stamp).is_some(),
+        "the reused file is still stored"
+    );
+    // Opened a second time, b is a reuse too and may evict the idle a.
+    let b2 = rig.open("b.bin");
+    rig.send(Msg::Store {
+        src: b2.clone(),
+        reused: true,
+    });
+    wait_until("b stored", || stored(&b2));
+    assert!(store.lookup(&stamp).is_none(), "a was evicted for b");
+    let u = rig.shared.arena.usage();
+    assert!(u.lent_slabs <= 14, "store over its cap: {u:?}");
 }
