@@ -143,7 +143,7 @@ impl Layout {
     }
 
     /// Build from spans (sorted here); fails on overlaps or spans past the end of the file.
-    pub(super) fn new(
+    pub fn new(
         format: Format,
         file_len: u64,
         data_start: u64,

@@ -6,12 +6,12 @@
 //! the engine will do). They are measured here on whole files in memory, single-threaded, so they
 //! are per-core numbers, free of I/O.
 
-use super::formats::{self, Format, Layout, Parsed, Span};
-use super::{
+use anyhow::{Context, bail};
+use nitro_uring::codec::formats::{self, Format, Layout, Parsed, Span};
+use nitro_uring::codec::{
     Codec, DEFAULT_FRAME_BYTES, DEFAULT_MIN_SAVING, DtypeHint, Scratch, choose, decode_range,
     encode_chunk,
 };
-use anyhow::{Context, bail};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

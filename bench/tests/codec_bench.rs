@@ -53,7 +53,7 @@ fn bench_codec_on_real_files() {
         return;
     }
     let json = std::env::var_os("NITRO_BENCH_JSON").map(PathBuf::from);
-    if let Err(e) = nitro_uring::codec::bench::run(&files, json.as_deref(), true) {
+    if let Err(e) = nitro_uring_bench::codec::run(&files, json.as_deref(), true) {
         panic!("codec benchmark failed: {e:#}");
     }
 }

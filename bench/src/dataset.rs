@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 
-use super::workload::{Ctx, Interrupted, Progress, Rng};
+use crate::workload::{Ctx, Interrupted, Progress, Rng};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DataFile {

@@ -6,6 +6,7 @@
 //! the null filesystem. The state before each row (what is in the page cache, what is in the arena)
 //! is part of the row, and is written next to it in the JSON.
 
+pub mod codec;
 pub mod dataset;
 pub mod nullfs;
 pub mod report;
@@ -19,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::mount::{CacheMode, MAX_FILLS, MountConfig, Mounted, StatsSnapshot};
-use crate::size::parse_size;
 use dataset::DataFile;
+use nitro_uring::mount::{CacheMode, MAX_FILLS, MountConfig, Mounted, StatsSnapshot};
+use nitro_uring::size::parse_size;
 use nullfs::{NullFile, NullMount};
 use report::{Flags, Memory, PageCache, Report, Row, RowSpec, Runs};
 use workload::{Ctx, FileRef, Interrupted, Measurement};
@@ -100,7 +101,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             paths,
             json,
             derive_bf16,
-        }) => crate::codec::bench::run(paths, json.as_deref(), *derive_bf16),
+        }) => crate::codec::run(paths, json.as_deref(), *derive_bf16),
         None => run_main(&args),
     }
 }
@@ -131,7 +132,7 @@ struct Workspace {
 impl Drop for Workspace {
     fn drop(&mut self) {
         for mp in sys::mounts_under(&self.root) {
-            let _ = crate::mount::umount(Path::new(&mp), true);
+            let _ = nitro_uring::mount::umount(Path::new(&mp), true);
         }
         if let Err(e) = std::fs::remove_dir_all(&self.root) {
             eprintln!(
@@ -951,7 +952,7 @@ fn run_in(
         let files = dataset::generate(&source, shards as usize, shard, &ctx)?;
         // The mount does not share a version younger than this between opens (a write may still
         // be running): without the wait, warm rows of the last shard would be misses.
-        std::thread::sleep(crate::fuse::RACY_WINDOW);
+        std::thread::sleep(nitro_uring::fuse::RACY_WINDOW);
         files
     } else {
         dataset::scan(&source)?

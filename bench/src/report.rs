@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::dataset::DataFile;
-use super::sys::Machine;
-use super::workload::Measurement;
+use crate::dataset::DataFile;
+use crate::sys::Machine;
+use crate::workload::Measurement;
 
 /// Report order of the targets. `source-qd` (the source read with O_DIRECT through io_uring at the
 /// mount engine's queue depth and chunk size) runs in the cold sequential row only.
@@ -484,7 +484,7 @@ pub fn svg(report: &Report) -> String {
         "nitro-uring bench — latency by percentile ({} cores, {}, {} in {} files)",
         report.machine.cores,
         report.machine.kernel,
-        super::workload::human_bytes(report.total_bytes),
+        crate::workload::human_bytes(report.total_bytes),
         report.files.len()
     );
     let _ = writeln!(

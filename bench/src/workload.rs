@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::sys::{AlignedBuf, AnonMap, PAGE, cpu_seconds};
+use crate::sys::{AlignedBuf, AnonMap, PAGE, cpu_seconds};
 
 /// Latencies are recorded in nanoseconds, 1 ns .. 100 s, 3 significant digits.
 pub fn new_hist() -> Histogram<u64> {
@@ -266,14 +266,14 @@ impl Clock {
     fn start() -> Clock {
         Clock {
             cpu0: cpu_seconds(),
-            busy0: super::sys::machine_busy_seconds(),
+            busy0: crate::sys::machine_busy_seconds(),
             t0: Instant::now(),
         }
     }
     fn finish(self, bytes: u64, ops: u64, hist: Histogram<u64>, access: String) -> Measurement {
         let seconds = self.t0.elapsed().as_secs_f64();
         let cpu = cpu_seconds();
-        let busy = super::sys::machine_busy_seconds() - self.busy0;
+        let busy = crate::sys::machine_busy_seconds() - self.busy0;
         let (cpu_user, cpu_sys) = (cpu.0 - self.cpu0.0, cpu.1 - self.cpu0.1);
         Measurement {
             bytes,
