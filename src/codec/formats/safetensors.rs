@@ -55,65 +55,77 @@ pub(super) fn parse_safetensors(head: &[u8], file_len: u64) -> Result<Option<Par
         if name == "__metadata__" {
             continue;
         }
-        let field = |key: &str| {
-            info.get(key)
-                .ok_or_else(|| corrupt(F, format!("tensor {name:?} has no {key}")))
-        };
-        let dtype = field("dtype")?
-            .as_str()
-            .ok_or_else(|| corrupt(F, format!("tensor {name:?}: dtype is not a string")))?;
-        let offsets = field("data_offsets")?
-            .as_array()
-            .filter(|a| a.len() == 2)
-            .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
-            .ok_or_else(|| {
-                corrupt(
-                    F,
-                    format!("tensor {name:?}: data_offsets is not [begin, end]"),
-                )
-            })?;
-        let shape: Vec<u64> = field("shape")?
-            .as_array()
-            .and_then(|dims| dims.iter().map(|d| d.as_u64()).collect())
-            .ok_or_else(|| corrupt(F, format!("tensor {name:?}: shape is not a list of sizes")))?;
-        let (begin, end) = offsets;
-        if begin > end {
-            return Err(corrupt(
-                F,
-                format!("tensor {name:?}: data_offsets {begin} > {end}"),
-            ));
-        }
-        let (hint, elem_bytes) = safetensors_dtype(dtype);
-        if let Some(elem_bytes) = elem_bytes {
-            let expected = shape
-                .iter()
-                .try_fold(elem_bytes, |acc, &d| acc.checked_mul(d));
-            if expected != Some(end - begin) {
-                return Err(corrupt(
-                    F,
-                    format!(
-                        "tensor {name:?}: {dtype} {shape:?} does not fit {} data bytes",
-                        end - begin
-                    ),
-                ));
-            }
-        }
-        let (start, stop) = match (data_start.checked_add(begin), data_start.checked_add(end)) {
-            (Some(s), Some(e)) if e <= file_len => (s, e),
-            _ => {
-                return Err(corrupt(
-                    F,
-                    format!("tensor {name:?} ends past the end of the file"),
-                ));
-            }
-        };
-        spans.push(Span {
-            start,
-            end: stop,
-            hint,
-        });
+        spans.push(tensor_span(name, info, data_start, file_len)?);
     }
     Layout::new(F, file_len, data_start, spans).map(|l| Some(Parsed::Layout(l)))
+}
+
+/// The span of one tensor entry of the header, checked: its dtype and shape must fill its byte
+/// range exactly, and the range must lie inside the file.
+fn tensor_span(
+    name: &str,
+    info: &serde_json::Value,
+    data_start: u64,
+    file_len: u64,
+) -> Result<Span, FormatError> {
+    const F: Format = Format::Safetensors;
+    let field = |key: &str| {
+        info.get(key)
+            .ok_or_else(|| corrupt(F, format!("tensor {name:?} has no {key}")))
+    };
+    let dtype = field("dtype")?
+        .as_str()
+        .ok_or_else(|| corrupt(F, format!("tensor {name:?}: dtype is not a string")))?;
+    let offsets = field("data_offsets")?
+        .as_array()
+        .filter(|a| a.len() == 2)
+        .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
+        .ok_or_else(|| {
+            corrupt(
+                F,
+                format!("tensor {name:?}: data_offsets is not [begin, end]"),
+            )
+        })?;
+    let shape: Vec<u64> = field("shape")?
+        .as_array()
+        .and_then(|dims| dims.iter().map(|d| d.as_u64()).collect())
+        .ok_or_else(|| corrupt(F, format!("tensor {name:?}: shape is not a list of sizes")))?;
+    let (begin, end) = offsets;
+    if begin > end {
+        return Err(corrupt(
+            F,
+            format!("tensor {name:?}: data_offsets {begin} > {end}"),
+        ));
+    }
+    let (hint, elem_bytes) = safetensors_dtype(dtype);
+    if let Some(elem_bytes) = elem_bytes {
+        let expected = shape
+            .iter()
+            .try_fold(elem_bytes, |acc, &d| acc.checked_mul(d));
+        if expected != Some(end - begin) {
+            return Err(corrupt(
+                F,
+                format!(
+                    "tensor {name:?}: {dtype} {shape:?} does not fit {} data bytes",
+                    end - begin
+                ),
+            ));
+        }
+    }
+    let (start, stop) = match (data_start.checked_add(begin), data_start.checked_add(end)) {
+        (Some(s), Some(e)) if e <= file_len => (s, e),
+        _ => {
+            return Err(corrupt(
+                F,
+                format!("tensor {name:?} ends past the end of the file"),
+            ));
+        }
+    };
+    Ok(Span {
+        start,
+        end: stop,
+        hint,
+    })
 }
 
 #[cfg(test)]
