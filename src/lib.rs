@@ -2,12 +2,12 @@
 //! arena filled by a dedicated io_uring thread. See README.md for the read path.
 
 pub mod arena;
-pub mod bench;
 pub mod codec;
 pub mod engine;
 pub mod fuse;
 pub mod heartbeat;
 pub mod index;
+pub mod logging;
 pub mod mount;
 pub mod policy;
 pub mod size;

@@ -1,5 +1,8 @@
 //! The `nitro-uring` command: a thin shell over the library (parse, log setup, signals, exit codes).
 
+mod bench_launch;
+
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,7 +32,12 @@ enum Cmd {
     /// Mount SOURCE at MOUNTPOINT, read-only, served from a RAM pool (foreground; Ctrl+C unmounts)
     Mount(Box<MountArgs>),
     /// Benchmark the mount against its source and the FUSE ceiling (no arguments: a generated model dir)
-    Bench(Box<nitro_uring::bench::BenchArgs>),
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments of `nitro-uring-bench`, which this runs (`nitro-uring bench --help` lists them)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Unmount a nitro-uring mount (the foreground daemon then exits)
     Umount { mountpoint: PathBuf },
 }
@@ -130,13 +138,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // The bench draws progress bars: the mount's heartbeat would break them up, so it logs
-    // warnings only unless asked for more.
-    let quiet = cli.quiet || (matches!(cli.cmd, Cmd::Bench(_)) && cli.verbose == 0);
-    init_logging(cli.verbose, quiet);
+    init_logging(cli.verbose, cli.quiet);
     let result = match cli.cmd {
         Cmd::Mount(a) => run_mount(*a),
-        Cmd::Bench(a) => nitro_uring::bench::run(*a),
+        Cmd::Bench { args } => bench_launch::exec(cli.verbose, cli.quiet, args),
         Cmd::Umount { mountpoint } => nitro_uring::mount::umount_nitro(&mountpoint),
     };
     match result {

@@ -42,7 +42,6 @@ mod checksum;
 mod choose;
 mod planes;
 
-pub mod bench;
 pub mod formats;
 
 pub use block::{block_len, decode_range, encode_chunk, logical_len};

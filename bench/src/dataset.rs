@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 
-use super::workload::{Ctx, Interrupted, Progress, Rng};
+use crate::workload::{Ctx, Interrupted, Progress, Rng};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DataFile {
@@ -130,70 +130,107 @@ pub fn generate(
     shard_bytes: u64,
     ctx: &Ctx<'_>,
 ) -> Result<Vec<DataFile>> {
-    let stop: &AtomicBool = ctx.stop;
     let plans: Vec<Vec<Tensor>> = (0..shards).map(|s| shard_tensors(s, shard_bytes)).collect();
     let total: u64 = plans.iter().flatten().map(Tensor::bytes).sum();
-    let progress = Progress::start(ctx, Some(total), None);
+    let mut w = Writer {
+        stop: ctx.stop,
+        progress: Progress::start(ctx, Some(total), None),
+        rng: Rng::new(0x5EED),
+        buf: vec![0u8; 4 << 20],
+    };
     let mut files = Vec::new();
     let mut weight_map = String::new();
-    let mut rng = Rng::new(0x5EED);
-    let mut buf = vec![0u8; 4 << 20];
     for (s, tensors) in plans.iter().enumerate() {
         let name = format!("model-{:05}-of-{:05}.safetensors", s + 1, shards);
-        // Header: tensors in order, data offsets relative to the end of the header.
-        let mut header = String::from("{\"__metadata__\":{\"format\":\"pt\"}");
-        let mut off = 0u64;
-        for t in tensors {
-            let dtype = if t.bf16 { "BF16" } else { "U8" };
-            write!(
-                header,
-                ",\"{}\":{{\"dtype\":\"{dtype}\",\"shape\":[{},{}],\"data_offsets\":[{off},{}]}}",
-                t.name,
-                t.rows,
-                t.cols,
-                off + t.bytes()
-            )?;
-            off += t.bytes();
-            if !weight_map.is_empty() {
-                weight_map.push(',');
-            }
-            write!(weight_map, "\"{}\":\"{name}\"", t.name)?;
+        let (header, data_bytes) = shard_header(&name, tensors, &mut weight_map)?;
+        w.write_shard(&dir.join(&name), &header, tensors)?;
+        files.push(DataFile {
+            name,
+            bytes: 8 + header.len() as u64 + data_bytes,
+        });
+    }
+    write_small_files(dir, total, &weight_map, &mut files)?;
+    // Directory entries too, so a crash cannot lose the files after "fsynced".
+    std::fs::File::open(dir)?.sync_all()?;
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
+/// The safetensors JSON header of shard `name` (tensors in order, data offsets relative to the
+/// end of the header, padded so the data starts 8-byte aligned) and its data bytes; adds the
+/// shard's tensors to the index's `weight_map`.
+fn shard_header(name: &str, tensors: &[Tensor], weight_map: &mut String) -> Result<(String, u64)> {
+    let mut header = String::from("{\"__metadata__\":{\"format\":\"pt\"}");
+    let mut off = 0u64;
+    for t in tensors {
+        let dtype = if t.bf16 { "BF16" } else { "U8" };
+        write!(
+            header,
+            ",\"{}\":{{\"dtype\":\"{dtype}\",\"shape\":[{},{}],\"data_offsets\":[{off},{}]}}",
+            t.name,
+            t.rows,
+            t.cols,
+            off + t.bytes()
+        )?;
+        off += t.bytes();
+        if !weight_map.is_empty() {
+            weight_map.push(',');
         }
-        header.push('}');
-        // Pad so the data starts 8-byte aligned, as the format recommends.
-        while (8 + header.len()) % 8 != 0 {
-            header.push(' ');
-        }
-        let path = dir.join(&name);
+        write!(weight_map, "\"{}\":\"{name}\"", t.name)?;
+    }
+    header.push('}');
+    // Pad so the data starts 8-byte aligned, as the format recommends.
+    while (8 + header.len()) % 8 != 0 {
+        header.push(' ');
+    }
+    Ok((header, off))
+}
+
+/// Writes the shards' bytes: one generator for all shards, so the data is the same every run.
+struct Writer<'a> {
+    stop: &'a AtomicBool,
+    progress: Progress,
+    rng: Rng,
+    buf: Vec<u8>,
+}
+
+impl Writer<'_> {
+    /// Writes one shard (length, header, tensors) and fsyncs it.
+    fn write_shard(&mut self, path: &Path, header: &str, tensors: &[Tensor]) -> Result<()> {
         let mut f =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         f.write_all(&(header.len() as u64).to_le_bytes())?;
         f.write_all(header.as_bytes())?;
         for t in tensors {
             let mut left = t.bytes() as usize;
             while left > 0 {
-                if stop.load(Ordering::Relaxed) {
+                if self.stop.load(Ordering::Relaxed) {
                     bail!(Interrupted);
                 }
-                let n = left.min(buf.len());
+                let n = left.min(self.buf.len());
                 if t.bf16 {
-                    fill_bf16(&mut rng, &mut buf[..n]);
+                    fill_bf16(&mut self.rng, &mut self.buf[..n]);
                 } else {
-                    fill_random(&mut rng, &mut buf[..n]);
+                    fill_random(&mut self.rng, &mut self.buf[..n]);
                 }
-                f.write_all(&buf[..n])
+                f.write_all(&self.buf[..n])
                     .with_context(|| format!("writing {}", path.display()))?;
-                progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
                 left -= n;
             }
         }
         f.sync_all()
-            .with_context(|| format!("fsync {}", path.display()))?;
-        files.push(DataFile {
-            name,
-            bytes: 8 + header.len() as u64 + off,
-        });
+            .with_context(|| format!("fsync {}", path.display()))
     }
+}
+
+/// `config.json` and the shard index, as a Hugging Face model directory has them.
+fn write_small_files(
+    dir: &Path,
+    total: u64,
+    weight_map: &str,
+    files: &mut Vec<DataFile>,
+) -> Result<()> {
     let small = [
         (
             "config.json".to_string(),
@@ -215,8 +252,5 @@ pub fn generate(
             bytes: text.len() as u64,
         });
     }
-    // Directory entries too, so a crash cannot lose the files after "fsynced".
-    std::fs::File::open(dir)?.sync_all()?;
-    files.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(files)
+    Ok(())
 }

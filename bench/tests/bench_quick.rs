@@ -29,7 +29,7 @@ const WORKLOADS: [&str; 11] = [
 const TARGETS: [&str; 3] = ["source", "mount", "ceiling"];
 
 fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_nitro-uring")
+    env!("CARGO_BIN_EXE_nitro-uring-bench")
 }
 
 fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
@@ -124,7 +124,7 @@ fn quick_json_has_every_workload_on_every_target() {
     let svg = tmp.path().join("out.svg");
     let t0 = Instant::now();
     let mut child = Command::new(bin())
-        .args(["-q", "bench", "--quick", "--json"])
+        .args(["-q", "--quick", "--json"])
         .arg(&json)
         .arg("--plot")
         .arg(&svg)
@@ -329,7 +329,7 @@ fn ctrl_c_unmounts_and_removes_the_temporary_directory() {
     std::fs::create_dir(&work).expect("mkdir work");
     // Long timed rows, so the interrupt lands while the mounts are up.
     let mut child = Command::new(bin())
-        .args(["-q", "bench", "--quick", "--seconds", "5", "--dir"])
+        .args(["-q", "--quick", "--seconds", "5", "--dir"])
         .arg(&work)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

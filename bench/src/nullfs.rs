@@ -17,7 +17,7 @@ use fuser::{
     ReplyDirectory, ReplyEntry, ReplyOpen, Request, SessionACL, SessionUnmounter,
 };
 
-use crate::mount::CacheMode;
+use nitro_uring::mount::CacheMode;
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -312,7 +312,7 @@ impl NullMount {
             .name("nitro-null".into())
             .spawn(move || session.run())?;
         // Same bdi readahead as the real mount gets.
-        if let Some(dev) = super::sys::mount_dev(mountpoint) {
+        if let Some(dev) = crate::sys::mount_dev(mountpoint) {
             let kb = (readahead_bytes.max(chunk_bytes) / 1024).max(128);
             let _ = std::fs::write(
                 format!("/sys/class/bdi/{dev}/read_ahead_kb"),
@@ -340,7 +340,7 @@ impl NullMount {
             && let Err(e) = u.unmount()
         {
             // Busy: detach so the session still ends.
-            if let Err(e2) = crate::mount::umount(&self.mountpoint, true) {
+            if let Err(e2) = nitro_uring::mount::umount(&self.mountpoint, true) {
                 result = Err(anyhow!(
                     "unmount {}: {e}; detach: {e2}",
                     self.mountpoint.display()

@@ -6,12 +6,12 @@
 //! the engine will do). They are measured here on whole files in memory, single-threaded, so they
 //! are per-core numbers, free of I/O.
 
-use super::formats::{self, Format, Layout, Parsed, Span};
-use super::{
-    Codec, DEFAULT_FRAME_BYTES, DEFAULT_MIN_SAVING, DtypeHint, Scratch, choose, decode_range,
-    encode_chunk,
+use anyhow::{Context, anyhow, bail};
+use nitro_uring::codec::formats::{self, Format, Layout, Parsed, Span};
+use nitro_uring::codec::{
+    Codec, CodecError, DEFAULT_FRAME_BYTES, DEFAULT_MIN_SAVING, DtypeHint, Scratch, choose,
+    decode_range, encode_chunk,
 };
-use anyhow::{Context, bail};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -293,90 +293,15 @@ fn measure_codec(
     s: &Subject,
     chunks: &[&[u8]],
     label: &str,
-    mut pick: impl FnMut(usize, &[u8]) -> Codec,
+    pick: impl FnMut(usize, &[u8]) -> Codec,
 ) -> anyhow::Result<Row> {
     let mut scratch = Scratch::new(DEFAULT_FRAME_BYTES);
-    let mut stored: Stored = vec![None; chunks.len()];
-    let mut block = Vec::with_capacity(2 * CHUNK_BYTES);
-    let encode_time = fastest(|| {
-        for (i, chunk) in chunks.iter().enumerate() {
-            let codec = pick(i, chunk);
-            stored[i] = match codec {
-                Codec::Raw => None,
-                _ => encode_chunk(
-                    chunk,
-                    codec,
-                    DEFAULT_FRAME_BYTES,
-                    DEFAULT_MIN_SAVING,
-                    &mut scratch,
-                    &mut block,
-                )
-                .map(|_| block.clone()),
-            };
-        }
-    });
-
+    let (stored, encode_time) = encode_all(chunks, pick, &mut scratch);
     // Check every chunk once, outside the timing: a benchmark of a codec that loses bytes is void.
-    let mut out = vec![0u8; CHUNK_BYTES];
-    for (i, (chunk, block)) in chunks.iter().zip(&stored).enumerate() {
-        if let Some(block) = block {
-            decode_range(block, 0, &mut out[..chunk.len()], &mut scratch)
-                .with_context(|| format!("{}: {label}: chunk {i} does not decode", s.label))?;
-            if out[..chunk.len()] != **chunk {
-                bail!("{}: {label}: chunk {i} decodes to different bytes", s.label);
-            }
-        }
-    }
-
-    let mut failed = None;
-    let decode_time = fastest(|| {
-        for (i, (chunk, block)) in chunks.iter().zip(&stored).enumerate() {
-            let out = &mut out[..chunk.len()];
-            match block {
-                Some(block) => {
-                    if let Err(e) = decode_range(block, 0, out, &mut scratch) {
-                        failed = Some((i, e));
-                    }
-                }
-                None => out.copy_from_slice(chunk),
-            }
-            black_box(out);
-        }
-    });
-    if let Some((i, e)) = failed {
-        bail!("{}: {label}: chunk {i}: {e}", s.label);
-    }
-
-    // Random 4 KiB reads (xorshift offsets, 4 KiB aligned like page-cache reads).
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut page = [0u8; 4096];
-    let pages = s.data.len() / 4096;
-    let read_time = if pages == 0 {
-        Duration::ZERO
-    } else {
-        fastest(|| {
-            for _ in 0..READS_4K {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let at = (state % pages as u64) as usize * 4096;
-                let (i, within) = (at / CHUNK_BYTES, at % CHUNK_BYTES);
-                match &stored[i] {
-                    Some(block) => {
-                        if let Err(e) = decode_range(block, within, &mut page, &mut scratch) {
-                            failed = Some((i, e));
-                        }
-                    }
-                    None => page.copy_from_slice(&chunks[i][within..within + 4096]),
-                }
-                black_box(&mut page);
-            }
-        })
-    };
-    if let Some((i, e)) = failed {
-        bail!("{}: {label}: chunk {i}: {e}", s.label);
-    }
-
+    verify(s, label, chunks, &stored, &mut scratch)?;
+    let failed = |(i, e): (usize, CodecError)| anyhow!("{}: {label}: chunk {i}: {e}", s.label);
+    let decode_time = time_decode(chunks, &stored, &mut scratch).map_err(failed)?;
+    let read_time = time_reads_4k(s.data.len(), chunks, &stored, &mut scratch).map_err(failed)?;
     let stored_bytes: usize = chunks
         .iter()
         .zip(&stored)
@@ -392,6 +317,116 @@ fn measure_codec(
         chunks_encoded: stored.iter().filter(|b| b.is_some()).count(),
         chunks: chunks.len(),
     })
+}
+
+/// Encodes every chunk with the codec `pick` gives it (the fastest of the timed passes).
+fn encode_all(
+    chunks: &[&[u8]],
+    mut pick: impl FnMut(usize, &[u8]) -> Codec,
+    scratch: &mut Scratch,
+) -> (Stored, Duration) {
+    let mut stored: Stored = vec![None; chunks.len()];
+    let mut block = Vec::with_capacity(2 * CHUNK_BYTES);
+    let encode_time = fastest(|| {
+        for (i, chunk) in chunks.iter().enumerate() {
+            let codec = pick(i, chunk);
+            stored[i] = match codec {
+                Codec::Raw => None,
+                _ => encode_chunk(
+                    chunk,
+                    codec,
+                    DEFAULT_FRAME_BYTES,
+                    DEFAULT_MIN_SAVING,
+                    scratch,
+                    &mut block,
+                )
+                .map(|_| block.clone()),
+            };
+        }
+    });
+    (stored, encode_time)
+}
+
+/// Every stored chunk decodes to its original bytes.
+fn verify(
+    s: &Subject,
+    label: &str,
+    chunks: &[&[u8]],
+    stored: &Stored,
+    scratch: &mut Scratch,
+) -> anyhow::Result<()> {
+    let mut out = vec![0u8; CHUNK_BYTES];
+    for (i, (chunk, block)) in chunks.iter().zip(stored).enumerate() {
+        if let Some(block) = block {
+            decode_range(block, 0, &mut out[..chunk.len()], scratch)
+                .with_context(|| format!("{}: {label}: chunk {i} does not decode", s.label))?;
+            if out[..chunk.len()] != **chunk {
+                bail!("{}: {label}: chunk {i} decodes to different bytes", s.label);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decoding (or copying, for raw chunks) every chunk whole; a failure names the chunk.
+fn time_decode(
+    chunks: &[&[u8]],
+    stored: &Stored,
+    scratch: &mut Scratch,
+) -> Result<Duration, (usize, CodecError)> {
+    let mut out = vec![0u8; CHUNK_BYTES];
+    let mut failed = None;
+    let decode_time = fastest(|| {
+        for (i, (chunk, block)) in chunks.iter().zip(stored).enumerate() {
+            let out = &mut out[..chunk.len()];
+            match block {
+                Some(block) => {
+                    if let Err(e) = decode_range(block, 0, out, scratch) {
+                        failed = Some((i, e));
+                    }
+                }
+                None => out.copy_from_slice(chunk),
+            }
+            black_box(out);
+        }
+    });
+    failed.map_or(Ok(decode_time), Err)
+}
+
+/// `READS_4K` random 4 KiB reads (xorshift offsets, 4 KiB aligned like page-cache reads) of a file
+/// of `len` bytes; zero for a file under 4 KiB.
+fn time_reads_4k(
+    len: usize,
+    chunks: &[&[u8]],
+    stored: &Stored,
+    scratch: &mut Scratch,
+) -> Result<Duration, (usize, CodecError)> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut page = [0u8; 4096];
+    let pages = len / 4096;
+    if pages == 0 {
+        return Ok(Duration::ZERO);
+    }
+    let mut failed = None;
+    let read_time = fastest(|| {
+        for _ in 0..READS_4K {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let at = (state % pages as u64) as usize * 4096;
+            let (i, within) = (at / CHUNK_BYTES, at % CHUNK_BYTES);
+            match &stored[i] {
+                Some(block) => {
+                    if let Err(e) = decode_range(block, within, &mut page, scratch) {
+                        failed = Some((i, e));
+                    }
+                }
+                None => page.copy_from_slice(&chunks[i][within..within + 4096]),
+            }
+            black_box(&mut page);
+        }
+    });
+    failed.map_or(Ok(read_time), Err)
 }
 
 fn print_report(table: &mut String, r: &FileReport) -> std::fmt::Result {

@@ -1,7 +1,8 @@
-//! Driver for the codec benchmark until the CLI subcommand is wired:
+//! The codec benchmark (`nitro-uring bench codec PATH...`) on the real test files, from the test
+//! runner, and two diagnostics of `choose`:
 //!
 //! ```text
-//! cargo test --release --test codec_bench -- --ignored --nocapture
+//! cargo test --release -p nitro-uring-bench --test codec_bench -- --ignored --nocapture
 //! ```
 //!
 //! Files come from `NITRO_BENCH_FILES` (colon-separated) or, by default, the models and text
@@ -53,13 +54,13 @@ fn bench_codec_on_real_files() {
         return;
     }
     let json = std::env::var_os("NITRO_BENCH_JSON").map(PathBuf::from);
-    if let Err(e) = nitro_uring::codec::bench::run(&files, json.as_deref(), true) {
+    if let Err(e) = nitro_uring_bench::codec::run(&files, json.as_deref(), true) {
         panic!("codec benchmark failed: {e:#}");
     }
 }
 
 /// Per-chunk predicted (from `sample_stats`) vs actual ratios, to calibrate `choose`:
-/// `NITRO_BENCH_FILES=... cargo test --release --test codec_bench calibrate -- --ignored --nocapture`
+/// `NITRO_BENCH_FILES=... cargo test --release -p nitro-uring-bench --test codec_bench calibrate -- --ignored --nocapture`
 #[test]
 #[ignore = "diagnostic: run explicitly"]
 fn calibrate_choose() {

@@ -1,0 +1,74 @@
+//! The benchmark's arguments. They are a library type (not the binary's) so that a caller can
+//! build them to run the benchmark in-process, as the tests of the codec bench do.
+
+use std::path::PathBuf;
+
+use nitro_uring::size::parse_size;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub cmd: Option<BenchCmd>,
+    /// Source directory to benchmark (default: a generated model directory)
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Where to mount (default: a temporary directory)
+    #[arg(long)]
+    pub mount: Option<PathBuf>,
+    /// Write every number as JSON here
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG of the latency distributions here
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Small sizes, for CI and a first look
+    #[arg(long)]
+    pub quick: bool,
+    /// RAM pool of the mount (default: enough to hold the whole source)
+    #[arg(long, value_parser = parse_size)]
+    pub pool: Option<u64>,
+    /// Total size of the generated model directory (default: 4 shards sized to free memory and disk, at most 1 GiB; --quick: 64MiB)
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Reader threads of the multi-threaded random rows (default: 2 × cores, at least 4)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// FUSE worker threads of the mount and of the null filesystem (default: cores)
+    #[arg(long)]
+    pub fuse_threads: Option<usize>,
+    /// Seconds each timed row (random reads, mmap random) runs per target (default 2; --quick 0.25)
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Runs of every row, the targets taking turns: timed rows split their seconds into this many
+    /// rounds, cold rows run this many times from dropped caches; each row reports min / median /
+    /// max over them (default 4; --quick 3; at least 3)
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Folder for the temporary directory (default: $TMPDIR, or /var/tmp when /tmp is a tmpfs)
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Run only these workloads (comma-separated ids, e.g. arena-seq,rand-4k-1t)
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Reads in flight of the cold source baseline (`source-qd`: the source read with O_DIRECT
+    /// through io_uring in chunk-sized reads); default: the mount engine's own depth, 64, so that
+    /// it compares like with like. Other depths show how the disk scales.
+    #[arg(long)]
+    pub source_qd: Option<usize>,
+    /// Never drop the system's page cache (the cold rows are then skipped)
+    #[arg(long)]
+    pub no_drop_caches: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Compression ratio and speed per codec on real files
+    Codec {
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also report a BF16 version derived from F32 safetensors files
+        #[arg(long, default_value_t = true)]
+        derive_bf16: bool,
+    },
+}

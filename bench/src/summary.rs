@@ -1,0 +1,126 @@
+//! The lines under the table: what the run was on, the ratios the project has targets for (with
+//! a verdict), memory and page-cache residency, then what makes a row less than it says (a warm
+//! row that missed, the plan's notes). A reader should not need the JSON to know whether the run
+//! can be trusted.
+
+use std::fmt::Write as _;
+
+use crate::report::Report;
+use crate::workload::human_bytes;
+
+pub(crate) fn summary(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s);
+    let _ = context(&mut s, r);
+    let _ = targets(&mut s, r);
+    let _ = memory(&mut s, r);
+    let _ = warnings(&mut s, r);
+    s
+}
+
+/// The machine, the data, and how busy the rest of the machine was.
+fn context(s: &mut String, r: &Report) -> std::fmt::Result {
+    writeln!(
+        s,
+        "machine: {} cores, {}, kernel {}, load {} → {}; data: {} in {} files on {} ({})",
+        r.machine.cores,
+        r.machine.cpu_model,
+        r.machine.kernel,
+        r.machine.loadavg_at_start,
+        r.loadavg_at_end,
+        human_bytes(r.total_bytes),
+        r.files.len(),
+        r.source_fs,
+        r.source_device
+    )?;
+    writeln!(
+        s,
+        "CPU time outside this process during the run: {:.1} s ({:.0}% of the machine); rows with a high 'other' share were disturbed",
+        r.others_cpu_s_total,
+        r.others_share_total * 100.0
+    )
+}
+
+/// The ratios with targets: arena hits against the ceiling, cold reads and model loads against
+/// the source.
+fn targets(s: &mut String, r: &Report) -> std::fmt::Result {
+    let ratio = |id: &str| r.ratios.iter().find(|x| x.workload == id);
+    let f = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}×"));
+    let verdict = |v: Option<f64>, target: f64| match v {
+        Some(v) if v >= target => "meets",
+        Some(_) => "MISSES",
+        None => "n/a",
+    };
+    let arena = ratio("arena-seq").and_then(|x| x.mount_over_ceiling);
+    let cold = ratio("cold-seq").and_then(|x| x.mount_over_source);
+    let cold_qd = ratio("cold-seq").and_then(|x| x.mount_over_source_same_depth);
+    writeln!(
+        s,
+        "arena hit (warm arena seq 1 MiB): mount/ceiling {} ({} the ≥ 0.85× target)",
+        f(arena),
+        verdict(arena, 0.85)
+    )?;
+    writeln!(
+        s,
+        "cold seq read: mount/source buffered {} ({} the ≥ 1.0× target); mount/source O_DIRECT at \
+         the engine's queue depth {} (like with like: the reads the mount's fills make)",
+        f(cold),
+        verdict(cold, 1.0),
+        f(cold_qd)
+    )?;
+    writeln!(
+        s,
+        "model load: mount/source cold {}, warm arena {}",
+        f(ratio("load-cold").and_then(|x| x.mount_over_source)),
+        f(ratio("load-warm").and_then(|x| x.mount_over_source))
+    )
+}
+
+/// Peak RSS against the pool, and what the page cache held after the cold and keep-mode reads.
+fn memory(s: &mut String, r: &Report) -> std::fmt::Result {
+    writeln!(
+        s,
+        "memory: peak RSS {} with an arena (pool) of {} ({} used), index {}",
+        human_bytes(r.memory.peak_rss_bytes),
+        human_bytes(r.memory.pool_bytes),
+        human_bytes(r.memory.pool_used_bytes),
+        human_bytes(r.memory.index_overhead_bytes)
+    )?;
+    let pct =
+        |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{:.0}%", v * 100.0));
+    writeln!(
+        s,
+        "page cache: source resident after its own cold read {}, after the cold read through the mount {}; \
+         mount pages resident after keep-mode reads {} (held twice: arena + page cache)",
+        pct(r.page_cache.source_after_source_cold_read),
+        pct(r.page_cache.source_after_mount_cold_read),
+        pct(r.page_cache.mount_after_keep_mode_reads)
+    )
+}
+
+/// Warm mount rows that missed, and the notes.
+fn warnings(s: &mut String, r: &Report) -> std::fmt::Result {
+    // A "warm" mount row that still missed is not measuring what its label says: say so.
+    for row in r
+        .rows
+        .iter()
+        .filter(|x| x.target == "mount" && x.state.starts_with("arena holds"))
+    {
+        let misses = row
+            .mount_stats
+            .as_ref()
+            .and_then(|m| m["misses"].as_u64())
+            .unwrap_or(0);
+        if misses > 0 {
+            writeln!(
+                s,
+                "warning: {} ran with {misses} arena misses (pool too small?)",
+                row.label
+            )?;
+        }
+    }
+    for n in &r.notes {
+        writeln!(s, "note: {n}")?;
+    }
+    Ok(())
+}
