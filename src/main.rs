@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use nitro_uring::mount::{CacheMode, CompressMode, MountConfig, Mounted};
 use nitro_uring::size::{parse_bytes, parse_bytes_or_zero, parse_size};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "nitro-uring",
@@ -32,6 +34,8 @@ enum Cmd {
     Bench(Box<nitro_uring::bench::BenchArgs>),
     /// Unmount a nitro-uring mount (the foreground daemon then exits)
     Umount { mountpoint: PathBuf },
+    #[command(flatten)]
+    Ops(cli::Ops),
 }
 
 #[derive(clap::Args)]
@@ -103,6 +107,10 @@ impl tracing_subscriber::fmt::time::FormatTime for ClockTime {
 }
 
 fn main() -> ExitCode {
+    // Started by mount(8) as /sbin/mount.fuse.nitro-uring (fstab): a different command line.
+    if let Some(code) = cli::helper::run_if_invoked_as_helper() {
+        return code;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -133,6 +141,7 @@ fn main() -> ExitCode {
         Cmd::Mount(a) => run_mount(*a),
         Cmd::Bench(a) => nitro_uring::bench::run(*a),
         Cmd::Umount { mountpoint } => nitro_uring::mount::umount_nitro(&mountpoint),
+        Cmd::Ops(ops) => cli::run(ops),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,6 +167,8 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
     let handle = signals.handle();
     let mounted = Mounted::spawn(cfg)?;
+    // Once the mount answers: READY=1 to systemd, or OK to the mount helper's parent.
+    cli::ready::mounted(&mounted)?;
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
     let watcher = std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
