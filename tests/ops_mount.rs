@@ -1,0 +1,482 @@
+//! Operating the daemon on real mounts: the `mount.fuse.nitro-uring` helper run directly and
+//! through mount(8)/umount(8) with an fstab line (detaches once the mount answers, errors reach
+//! the exit status, umount stops the daemon), bad mount options (one line, non-zero, nothing
+//! mounted, no daemon left), READY=1 over a real NOTIFY_SOCKET, and `tune --mountpoint`.
+
+mod common;
+#[path = "support/proc.rs"]
+mod proc;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+use proc::*;
+
+/// A first mount on a fresh VM can take many seconds.
+const SLOW: Duration = Duration::from_secs(60);
+
+fn populate(src: &Path) -> Vec<u8> {
+    let data = pattern(11, 700_000);
+    write_file(&src.join("model.bin"), &data);
+    data
+}
+
+/// `DIR/mount.fuse.nitro-uring -> the test binary`, as `install-helper` makes it.
+fn helper_link(dir: &Path) -> PathBuf {
+    let link = dir.join("mount.fuse.nitro-uring");
+    std::os::unix::fs::symlink(bin(), &link).unwrap();
+    link
+}
+
+fn run_helper(link: &Path, args: &[&OsStr]) -> Output {
+    let mut cmd = Command::new(link);
+    cmd.args(args);
+    run_prog(cmd, SLOW)
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// The helper exited 0 with the mount already answering; returns the detached daemon.
+#[track_caller]
+fn assert_mounted_and_detached(out: &Output, helper_pid_hint: &str, mnt: &Path) -> DaemonPid {
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{helper_pid_hint}: {}; stderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    let pid = daemon_pid_in(&stdout)
+        .unwrap_or_else(|| panic!("{helper_pid_hint}: no daemon pid in stdout {stdout:?}"));
+    let guard = DaemonPid {
+        pid,
+        mountpoint: mnt.to_path_buf(),
+    };
+    // Ready means ready: no waiting after the helper returned.
+    assert!(
+        mounts_at(mnt)
+            .iter()
+            .any(|e| e.fstype == "fuse.nitro-uring"),
+        "{helper_pid_hint} returned but nothing is mounted at {}",
+        mnt.display()
+    );
+    probe_statfs(mnt, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{helper_pid_hint}: the mount does not answer: {e}"));
+    assert!(alive(pid), "daemon {pid} is not running");
+    let (_, sid) = ppid_and_sid(pid).expect("daemon stat");
+    assert_eq!(
+        sid, pid,
+        "the daemon did not start its own session (setsid)"
+    );
+    guard
+}
+
+#[track_caller]
+fn assert_daemon_exits_after_umount(d: &DaemonPid, log: &Path) {
+    assert!(
+        wait_unmounted(&d.mountpoint, Duration::from_secs(10)),
+        "still mounted: {:?}",
+        mounts_at(&d.mountpoint)
+    );
+    assert!(
+        wait_dead(d.pid, Duration::from_secs(20)),
+        "daemon {} still running after the unmount; log:\n{}",
+        d.pid,
+        fs::read_to_string(log).unwrap_or_default()
+    );
+    let log_text = fs::read_to_string(log).unwrap_or_default();
+    assert!(log_text.contains("MOUNT "), "log:\n{log_text}");
+    assert!(log_text.contains("UNMOUNT "), "log:\n{log_text}");
+}
+
+#[test]
+fn helper_mounts_detaches_serves_and_exits_on_umount() {
+    let dirs = Dirs::new();
+    let data = populate(&dirs.src);
+    let link = helper_link(dirs.root.path());
+    let log = dirs.root.path().join("daemon.log");
+    let opts = format!(
+        "rw,pool=64M,chunk=64KiB,readahead=1MiB,allow_other,_netdev,nofail,x-systemd.requires=a.mount,log={}",
+        log.display()
+    );
+    let started = Instant::now();
+    let out = run_helper(
+        &link,
+        &[
+            dirs.src.as_os_str(),
+            dirs.mnt.as_os_str(),
+            os("-v"),
+            os("-o"),
+            os(&opts),
+        ],
+    );
+    let d = assert_mounted_and_detached(&out, "mount.fuse.nitro-uring", &dirs.mnt);
+    eprintln!("helper returned a ready mount in {:?}", started.elapsed());
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+    let entry = mounts_at(&dirs.mnt).pop().unwrap();
+    assert_eq!(entry.source, format!("nitro-uring:{}", dirs.src.display()));
+    assert_bytes_eq(
+        &read_or_panic(&dirs.mnt.join("model.bin")),
+        &data,
+        "model.bin through the helper's mount",
+    );
+    // umount(2) from outside, as umount(8) does: the daemon notices and exits.
+    let out = run_prog(
+        {
+            let mut c = Command::new("umount");
+            c.arg(&dirs.mnt);
+            c
+        },
+        SLOW,
+    );
+    assert!(out.status.success(), "umount: {}", text(&out.stderr));
+    assert_daemon_exits_after_umount(&d, &log);
+}
+
+/// Every bad input: non-zero exit, one line on stderr, nothing mounted, no daemon left.
+#[test]
+fn helper_bad_inputs_fail_with_one_line_and_leave_nothing() {
+    let dirs = Dirs::new();
+    populate(&dirs.src);
+    let link = helper_link(dirs.root.path());
+    let busy = dirs.root.path().join("busy");
+    fs::create_dir(&busy).unwrap();
+    fs::write(busy.join("x"), b"x").unwrap();
+    let (src, mnt) = (dirs.src.as_os_str(), dirs.mnt.as_os_str());
+    let cases: Vec<(Vec<&OsStr>, &str, i32)> = vec![
+        (
+            vec![src, mnt, os("-o"), os("pool=64M,frobnicate")],
+            "unknown mount option frobnicate",
+            1,
+        ),
+        (
+            vec![src, mnt, os("-o"), os("pool=lots")],
+            "bad value pool=lots",
+            1,
+        ),
+        (
+            vec![src, mnt, os("-o"), os("cache_mode=sometimes")],
+            "bad value cache_mode=sometimes (possible values: direct, keep)",
+            1,
+        ),
+        (
+            vec![src, mnt, os("-o"), os("allow_other=yes")],
+            "mount option allow_other takes no value",
+            1,
+        ),
+        (
+            vec![src, mnt, os("-o"), os("pool=64M,pool=128M")],
+            "mount option pool is given more than once",
+            1,
+        ),
+        (vec![src], "SOURCE and MOUNTPOINT are needed", 1),
+        (
+            vec![src, mnt, os("-t"), os("ext4")],
+            "fuse.nitro-uring only",
+            1,
+        ),
+        (
+            vec![
+                src,
+                mnt,
+                os("-o"),
+                os("pool=64M,log=/nonexistent/dir/n.log"),
+            ],
+            "log=/nonexistent/dir/n.log: does not exist",
+            32,
+        ),
+        // Checked by the daemon after the fork; the parent reports them.
+        (
+            vec![src, mnt, os("-o"), os("pool=64M,chunk=3K")],
+            "chunk must be a power of two",
+            32,
+        ),
+        (
+            vec![src, mnt, os("-o"), os("pool=100000G")],
+            "is larger than available memory",
+            32,
+        ),
+        (
+            vec![os("/nonexistent/models"), mnt, os("-o"), os("pool=64M")],
+            "source /nonexistent/models: does not exist",
+            32,
+        ),
+        (
+            vec![src, busy.as_os_str(), os("-o"), os("pool=64M")],
+            "is not empty",
+            32,
+        ),
+    ];
+    for (args, want, code) in &cases {
+        let out = run_helper(&link, args);
+        let err = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(*code),
+            "{args:?}: exit {}; stderr {err:?}",
+            out.status
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: stderr:\n{err}");
+        assert!(
+            err.starts_with("nitro-uring: ") && err.contains(want),
+            "{args:?}: stderr {err:?} does not say {want:?}"
+        );
+        assert!(text(&out.stdout).is_empty(), "{args:?}");
+        for m in [&dirs.mnt, &busy] {
+            assert!(!is_mounted(m), "{args:?} left a mount at {}", m.display());
+            let left = pids_mentioning(m);
+            assert!(left.is_empty(), "{args:?} left processes {left:?}");
+        }
+    }
+    // -f (fake): everything but the mount
+    let out = run_helper(&link, &[src, mnt, os("-f"), os("-o"), os("pool=64M")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!is_mounted(&dirs.mnt));
+}
+
+/// Removes the /sbin helper link on drop, if this test made it.
+struct SbinLink(Option<PathBuf>);
+
+impl Drop for SbinLink {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// `mount /mnt` with a `fuse.nitro-uring` fstab line, `umount /mnt`, and a bad option through
+/// `mount -t fuse.nitro-uring`, with the helper linked into /sbin for the test.
+#[test]
+fn mount_8_with_an_fstab_line_and_umount_8() {
+    let sbin = Path::new("/sbin");
+    let link = sbin.join("mount.fuse.nitro-uring");
+    if Command::new("mount").arg("--version").output().is_err() {
+        eprintln!("skipping: mount(8) is not installed");
+        return;
+    }
+    let our_bin = fs::canonicalize(bin()).unwrap();
+    let _cleanup = match fs::read_link(&link) {
+        Ok(t) if t == our_bin => SbinLink(None),
+        Ok(_) | Err(_) if fs::symlink_metadata(&link).is_ok() => {
+            eprintln!(
+                "skipping: {} exists and is not this build's helper",
+                link.display()
+            );
+            return;
+        }
+        _ => match std::os::unix::fs::symlink(&our_bin, &link) {
+            Ok(()) => SbinLink(Some(link.clone())),
+            Err(e) => {
+                eprintln!("skipping: cannot link {}: {e}", link.display());
+                return;
+            }
+        },
+    };
+    let dirs = Dirs::new();
+    let data = populate(&dirs.src);
+    let log = dirs.root.path().join("daemon.log");
+    let fstab = dirs.root.path().join("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "# test fstab\n{} {} fuse.nitro-uring pool=64M,chunk=64KiB,allow_other,_netdev,log={} 0 0\n",
+            dirs.src.display(),
+            dirs.mnt.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("mount");
+    cmd.arg("-v").arg("--fstab").arg(&fstab).arg(&dirs.mnt);
+    let out = run_prog(cmd, SLOW);
+    let d = assert_mounted_and_detached(&out, "mount --fstab", &dirs.mnt);
+    assert_bytes_eq(
+        &read_or_panic(&dirs.mnt.join("model.bin")),
+        &data,
+        "model.bin through mount(8)",
+    );
+    let mut cmd = Command::new("umount");
+    cmd.arg(&dirs.mnt);
+    let out = run_prog(cmd, SLOW);
+    assert!(out.status.success(), "umount: {}", text(&out.stderr));
+    assert_daemon_exits_after_umount(&d, &log);
+
+    // A bad option: mount(8) fails with the helper's one line, nothing mounted.
+    let mut cmd = Command::new("mount");
+    cmd.args(["-t", "fuse.nitro-uring"])
+        .arg(&dirs.src)
+        .arg(&dirs.mnt)
+        .args(["-o", "pool=64M,frobnicate"]);
+    let out = run_prog(cmd, SLOW);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "mount with a bad option succeeded");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("unknown mount option frobnicate"), "{err}");
+    assert!(!is_mounted(&dirs.mnt));
+    // A missing source: the daemon's reason reaches mount(8)'s caller.
+    let mut cmd = Command::new("mount");
+    cmd.args(["-t", "fuse.nitro-uring", "/nonexistent/models"])
+        .arg(&dirs.mnt)
+        .args(["-o", "pool=64M"]);
+    let out = run_prog(cmd, SLOW);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(32), "{err}");
+    assert!(
+        err.contains("source /nonexistent/models: does not exist"),
+        "{err}"
+    );
+    assert!(!is_mounted(&dirs.mnt));
+}
+
+// ---------------------------------------------------------------------------------------------
+// systemd's READY=1
+
+/// Starts `nitro-uring mount` with NOTIFY_SOCKET=`addr`, receives on `sock`, and checks that
+/// READY=1 came from the daemon's pid once the mount answered.
+fn ready_over(sock: &UnixDatagram, addr: &str) {
+    let dirs = Dirs::new();
+    let data = populate(&dirs.src);
+    let mut d = Daemon::spawn_env(
+        &dirs.src,
+        &dirs.mnt,
+        &["--pool", "64M", "--chunk", "64KiB"],
+        &[("NOTIFY_SOCKET", addr)],
+    );
+    sock.set_read_timeout(Some(SLOW)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no notification on {addr} within {SLOW:?} ({e}); daemon stderr:\n{}",
+            d.stderr()
+        )
+    });
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // At the moment READY=1 arrives the mount must already answer.
+    probe_statfs(&dirs.mnt, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("READY=1 came but the mount does not answer: {e}"));
+    let lines: Vec<&str> = msg.lines().collect();
+    assert!(lines.contains(&"READY=1"), "{msg:?}");
+    assert!(
+        lines.contains(&format!("MAINPID={}", d.pid()).as_str()),
+        "{msg:?} (daemon pid {})",
+        d.pid()
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("STATUS=serving ")),
+        "{msg:?}"
+    );
+    assert_bytes_eq(
+        &read_or_panic(&dirs.mnt.join("model.bin")),
+        &data,
+        "model.bin",
+    );
+    d.signal(libc::SIGTERM);
+    let st = d.finish(SLOW).expect("daemon exits on SIGTERM");
+    assert_eq!(st.code(), Some(0), "{}", d.stderr());
+}
+
+#[test]
+fn ready_notification_on_a_path_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    ready_over(&sock, path.to_str().unwrap());
+}
+
+#[test]
+fn ready_notification_on_an_abstract_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("nitro-uring-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let sock = UnixDatagram::bind_addr(&addr).unwrap();
+    ready_over(&sock, &format!("@{name}"));
+}
+
+#[test]
+fn no_ready_notification_for_a_bad_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let dirs = Dirs::new();
+    let mut d = Daemon::spawn_env(
+        &dirs.src,
+        &dirs.mnt,
+        &["--pool", "64M", "--chunk", "3K"],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    let st = d.finish(SLOW).expect("a bad mount exits");
+    assert!(!st.success());
+    assert_eq!(d.stderr().lines().count(), 1, "{}", d.stderr());
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 512];
+    assert!(
+        sock.recv(&mut buf).is_err(),
+        "a failed start sent a notification"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// tune on a live mount
+
+#[test]
+fn tune_reports_the_read_ahead_of_a_live_mount() {
+    let dirs = Dirs::new();
+    populate(&dirs.src);
+    let mut d = Daemon::spawn(
+        &dirs.src,
+        &dirs.mnt,
+        &["--pool", "64M", "--chunk", "64KiB", "--readahead", "4MiB"],
+    );
+    assert!(
+        wait_for_mount(&dirs.mnt, SLOW).is_some(),
+        "no mount; stderr:\n{}",
+        d.stderr()
+    );
+    let out = run_cli(
+        &[
+            os("tune"),
+            os("--mountpoint"),
+            dirs.mnt.as_os_str(),
+            os("--readahead"),
+            os("4MiB"),
+        ],
+        SLOW,
+    );
+    let text_out = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text_out
+        .lines()
+        .find(|l| l.contains("read_ahead_kb of "))
+        .unwrap_or_else(|| panic!("no read_ahead_kb line:\n{text_out}"));
+    assert!(
+        line.starts_with("ok ") && line.contains(" 4096 ") && line.contains(">= 4096"),
+        "{line}"
+    );
+    // Asking for more than the mount was given: a change, with the command that makes it.
+    let out = run_cli(
+        &[
+            os("tune"),
+            os("--mountpoint"),
+            dirs.mnt.as_os_str(),
+            os("--readahead"),
+            os("64MiB"),
+        ],
+        SLOW,
+    );
+    let text_out = text(&out.stdout);
+    let line = text_out
+        .lines()
+        .find(|l| l.contains("read_ahead_kb of "))
+        .unwrap();
+    assert!(line.starts_with("change "), "{line}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.finish(SLOW).and_then(|s| s.code()), Some(0));
+}
