@@ -480,3 +480,153 @@ fn tune_reports_the_read_ahead_of_a_live_mount() {
     d.signal(libc::SIGTERM);
     assert_eq!(d.finish(SLOW).and_then(|s| s.code()), Some(0));
 }
+
+// ---------------------------------------------------------------------------------------------
+// the systemd unit's system call filter against a real daemon
+
+/// `systemd-analyze syscall-filter` groups, expanded: the system calls `tokens` allow.
+fn allowed_syscalls(tokens: &[&str]) -> Option<std::collections::BTreeSet<String>> {
+    let out = Command::new("systemd-analyze")
+        .arg("syscall-filter")
+        .output()
+        .ok()?;
+    let mut groups: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut cur = None;
+    for line in text(&out.stdout).lines() {
+        if line.starts_with('@') {
+            let name = line.split_whitespace().next()?.to_string();
+            groups.insert(name.clone(), Vec::new());
+            cur = Some(name);
+        } else if let (Some(g), Some(word)) = (&cur, line.strip_prefix("    ")) {
+            let word = word.trim();
+            if !word.is_empty() && !word.starts_with('#') {
+                groups.get_mut(g)?.push(word.to_string());
+            }
+        }
+    }
+    fn expand(
+        name: &str,
+        groups: &std::collections::HashMap<String, Vec<String>>,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        if let Some(members) = groups.get(name) {
+            for m in members {
+                expand(m, groups, out);
+            }
+        } else if !name.starts_with('@') {
+            out.insert(name.to_string());
+        }
+    }
+    let mut set = std::collections::BTreeSet::new();
+    for t in tokens {
+        expand(t, &groups, &mut set);
+    }
+    Some(set)
+}
+
+#[test]
+fn systemd_unit_syscall_filter_allows_what_the_daemon_calls() {
+    let have = |p: &str| Command::new(p).arg("--version").output().is_ok();
+    if !have("strace") || !have("systemd-analyze") {
+        eprintln!("skipping: needs strace and systemd-analyze");
+        return;
+    }
+    let dirs = Dirs::new();
+    let data = populate(&dirs.src);
+    fs::create_dir(dirs.src.join("sub")).unwrap();
+    std::os::unix::fs::symlink("model.bin", dirs.src.join("link")).unwrap();
+    let unit = text(
+        &run_cli(
+            &[
+                os("systemd-unit"),
+                dirs.src.as_os_str(),
+                dirs.mnt.as_os_str(),
+            ],
+            SLOW,
+        )
+        .stdout,
+    );
+    let filter = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("SystemCallFilter="))
+        .expect("the unit has a SystemCallFilter=");
+    let tokens: Vec<&str> = filter.split_whitespace().collect();
+    let Some(allowed) = allowed_syscalls(&tokens) else {
+        eprintln!("skipping: systemd-analyze syscall-filter gave nothing");
+        return;
+    };
+    let trace = dirs.root.path().join("trace");
+    let mut child = Command::new("strace")
+        .args(["-f", "-qq", "-ff", "-o"])
+        .arg(&trace)
+        .arg(bin())
+        .args(["mount"])
+        .arg(&dirs.src)
+        .arg(&dirs.mnt)
+        .args(["--pool", "64M", "--chunk", "64KiB", "--lock"])
+        .env("NOTIFY_SOCKET", dirs.root.path().join("no-listener.sock"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn strace");
+    let _guard = UnmountOnDrop(dirs.mnt.clone());
+    assert!(
+        wait_for_mount(&dirs.mnt, SLOW).is_some(),
+        "no mount under strace"
+    );
+    // What a model server does: stat, list, read, follow a link, xattrs, statfs.
+    assert_bytes_eq(
+        &read_or_panic(&dirs.mnt.join("model.bin")),
+        &data,
+        "model.bin",
+    );
+    assert_eq!(fs::read_dir(&dirs.mnt).unwrap().count(), 3);
+    fs::metadata(dirs.mnt.join("sub")).unwrap();
+    assert_eq!(fs::read(dirs.mnt.join("link")).unwrap().len(), data.len());
+    let c =
+        std::ffi::CString::new(dirs.mnt.join("model.bin").as_os_str().as_encoded_bytes()).unwrap();
+    let mut buf = [0u8; 256];
+    // SAFETY: valid C string and a buffer of the length passed; the result is only a count.
+    unsafe {
+        libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
+        libc::getxattr(
+            c.as_ptr(),
+            c"user.none".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        );
+    }
+    probe_statfs(&dirs.mnt, Duration::from_secs(10)).unwrap();
+    let out = run_cli(&[os("umount"), dirs.mnt.as_os_str()], SLOW);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = Instant::now() + SLOW;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the traced daemon did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for e in fs::read_dir(dirs.root.path()).unwrap().flatten() {
+        if !e.file_name().to_string_lossy().starts_with("trace.") {
+            continue;
+        }
+        for line in fs::read_to_string(e.path()).unwrap().lines() {
+            let name: String = line
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && line[name.len()..].starts_with('(') {
+                used.insert(name);
+            }
+        }
+    }
+    assert!(
+        used.contains("io_uring_enter") && used.contains("mount"),
+        "{used:?}"
+    );
+    let missing: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        missing.is_empty(),
+        "the unit's SystemCallFilter= ({filter}) lacks system calls the daemon made: {missing:?}"
+    );
+}
