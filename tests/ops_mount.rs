@@ -140,6 +140,73 @@ fn helper_mounts_detaches_serves_and_exits_on_umount() {
     assert_daemon_exits_after_umount(&d, &log);
 }
 
+/// Removes a socket this test bound at /dev/log.
+struct DevLog(PathBuf);
+
+impl Drop for DevLog {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Without log=, the daemon logs to syslog: datagrams to /dev/log, `<PRI>nitro-uring[PID]: line`.
+/// Runs only where nothing listens on /dev/log (it binds its own socket there for the test).
+#[test]
+fn helper_logs_to_syslog_by_default() {
+    let dev_log = Path::new("/dev/log");
+    if fs::symlink_metadata(dev_log).is_ok() {
+        eprintln!("skipping: /dev/log exists here (a real syslog); not taking it over");
+        return;
+    }
+    let sock = match UnixDatagram::bind(dev_log) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("skipping: cannot bind /dev/log: {e}");
+            return;
+        }
+    };
+    let _cleanup = DevLog(dev_log.to_path_buf());
+    sock.set_read_timeout(Some(SLOW)).unwrap();
+    let dirs = Dirs::new();
+    let data = populate(&dirs.src);
+    let link = helper_link(dirs.root.path());
+    let out = run_helper(
+        &link,
+        &[
+            dirs.src.as_os_str(),
+            dirs.mnt.as_os_str(),
+            os("-v"),
+            os("-o"),
+            os("pool=64M,chunk=64KiB"),
+        ],
+    );
+    let d = assert_mounted_and_detached(&out, "mount.fuse.nitro-uring (syslog)", &dirs.mnt);
+    assert_eq!(read_or_panic(&dirs.mnt.join("model.bin")).len(), data.len());
+    let prefix = format!("<30>nitro-uring[{}]: ", d.pid);
+    let mut seen = Vec::new();
+    let recv_until = |want: &str, seen: &mut Vec<String>| {
+        let mut buf = [0u8; 8192];
+        while !seen.iter().any(|l| l.contains(want)) {
+            let n = sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {want:?} on /dev/log ({e}); got {seen:?}"));
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
+    recv_until("MOUNT ", &mut seen);
+    assert!(
+        seen.iter().all(|l| l.starts_with(&prefix)),
+        "syslog lines not in the form {prefix:?}: {seen:?}"
+    );
+    let out = run_cli(&[os("umount"), dirs.mnt.as_os_str()], SLOW);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    recv_until("UNMOUNT ", &mut seen);
+    assert!(
+        wait_dead(d.pid, Duration::from_secs(20)),
+        "daemon still running"
+    );
+}
+
 /// Every bad input: non-zero exit, one line on stderr, nothing mounted, no daemon left.
 #[test]
 fn helper_bad_inputs_fail_with_one_line_and_leave_nothing() {
@@ -150,6 +217,14 @@ fn helper_bad_inputs_fail_with_one_line_and_leave_nothing() {
     fs::create_dir(&busy).unwrap();
     fs::write(busy.join("x"), b"x").unwrap();
     let (src, mnt) = (dirs.src.as_os_str(), dirs.mnt.as_os_str());
+    // Failures after the fork are also logged by the daemon: keep that log in the test's dir.
+    let log = dirs.root.path().join("daemon.log");
+    let with_log = |opts: &str| format!("{opts},log={}", log.display());
+    let (bad_chunk, huge_pool, pool) = (
+        with_log("pool=64M,chunk=3K"),
+        with_log("pool=100000G"),
+        with_log("pool=64M"),
+    );
     let cases: Vec<(Vec<&OsStr>, &str, i32)> = vec![
         (
             vec![src, mnt, os("-o"), os("pool=64M,frobnicate")],
@@ -194,22 +269,22 @@ fn helper_bad_inputs_fail_with_one_line_and_leave_nothing() {
         ),
         // Checked by the daemon after the fork; the parent reports them.
         (
-            vec![src, mnt, os("-o"), os("pool=64M,chunk=3K")],
+            vec![src, mnt, os("-o"), os(&bad_chunk)],
             "chunk must be a power of two",
             32,
         ),
         (
-            vec![src, mnt, os("-o"), os("pool=100000G")],
+            vec![src, mnt, os("-o"), os(&huge_pool)],
             "is larger than available memory",
             32,
         ),
         (
-            vec![os("/nonexistent/models"), mnt, os("-o"), os("pool=64M")],
+            vec![os("/nonexistent/models"), mnt, os("-o"), os(&pool)],
             "source /nonexistent/models: does not exist",
             32,
         ),
         (
-            vec![src, busy.as_os_str(), os("-o"), os("pool=64M")],
+            vec![src, busy.as_os_str(), os("-o"), os(&pool)],
             "is not empty",
             32,
         ),
@@ -325,7 +400,8 @@ fn mount_8_with_an_fstab_line_and_umount_8() {
     let mut cmd = Command::new("mount");
     cmd.args(["-t", "fuse.nitro-uring", "/nonexistent/models"])
         .arg(&dirs.mnt)
-        .args(["-o", "pool=64M"]);
+        .arg("-o")
+        .arg(format!("pool=64M,log={}", log.display()));
     let out = run_prog(cmd, SLOW);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(32), "{err}");
