@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use nitro_uring::mount::{CacheMode, CompressMode, MountConfig, Mounted, StoreMode};
 use nitro_uring::size::{parse_bytes, parse_bytes_or_zero, parse_size};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "nitro-uring",
@@ -40,6 +42,8 @@ enum Cmd {
     },
     /// Unmount a nitro-uring mount (the foreground daemon then exits)
     Umount { mountpoint: PathBuf },
+    #[command(flatten)]
+    Ops(cli::Ops),
 }
 
 #[derive(clap::Args)]
@@ -116,6 +120,10 @@ impl tracing_subscriber::fmt::time::FormatTime for ClockTime {
 }
 
 fn main() -> ExitCode {
+    // Started by mount(8) as /sbin/mount.fuse.nitro-uring (fstab): a different command line.
+    if let Some(code) = cli::helper::run_if_invoked_as_helper() {
+        return code;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -130,7 +138,14 @@ fn main() -> ExitCode {
             }
             // One line, as for every other bad input; `--help` has the rest.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
+            let mut lines = text.lines();
+            let mut first = lines.next().unwrap_or("invalid arguments").to_string();
+            // "the following required arguments were not provided:" names them on the next line
+            if first.ends_with(':')
+                && let Some(next) = lines.next()
+            {
+                first = format!("{first} {}", next.trim());
+            }
             eprintln!(
                 "nitro-uring: {} (see --help)",
                 first.trim_start_matches("error: ")
@@ -143,6 +158,7 @@ fn main() -> ExitCode {
         Cmd::Mount(a) => run_mount(*a),
         Cmd::Bench { args } => bench_launch::exec(cli.verbose, cli.quiet, args),
         Cmd::Umount { mountpoint } => nitro_uring::mount::umount_nitro(&mountpoint),
+        Cmd::Ops(ops) => cli::run(ops),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,6 +185,8 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
     let handle = signals.handle();
     let mounted = Mounted::spawn(cfg)?;
+    // Once the mount answers: READY=1 to systemd, or OK to the mount helper's parent.
+    cli::ready::mounted(&mounted)?;
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
     let watcher = std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {

@@ -249,7 +249,7 @@ pub fn mem_available_bytes() -> Option<u64> {
 
 /// The mountinfo fields (major:minor, fstype) of the mount at `path` (the topmost, when several
 /// are stacked there), if it is a mount point.
-fn mount_entry(path: &Path) -> Option<(String, String)> {
+pub fn mount_entry(path: &Path) -> Option<(String, String)> {
     // A dead FUSE mount cannot be canonicalized itself (stat fails); its parent can.
     let want = std::fs::canonicalize(path)
         .ok()
@@ -392,9 +392,15 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The fs.fuse.max_pages_limit a mount with this chunk raises the kernel's to (`nitro-uring tune`
+/// recommends the same).
+pub fn wanted_max_pages(chunk_bytes: u64) -> u64 {
+    (chunk_bytes / PAGE_BYTES as u64).max(256)
+}
+
 /// Best effort: a larger per-request limit lets one FUSE read cover a whole chunk.
 fn raise_max_pages(chunk_bytes: u64) {
-    let want = (chunk_bytes / PAGE_BYTES as u64).max(256);
+    let want = wanted_max_pages(chunk_bytes);
     let path = "/proc/sys/fs/fuse/max_pages_limit";
     if let Ok(cur) = std::fs::read_to_string(path)
         && cur.trim().parse::<u64>().is_ok_and(|c| c < want)
@@ -410,12 +416,17 @@ fn max_pages_limit() -> u64 {
         .unwrap_or(256)
 }
 
+/// The read_ahead_kb `tune_bdi` gives a mount for this read-ahead (`nitro-uring tune` checks it).
+pub fn wanted_read_ahead_kb(readahead_bytes: u64) -> u64 {
+    (readahead_bytes / 1024).max(128)
+}
+
 /// The mount's bdi read_ahead_kb starts at 128 and can only be raised through sysfs after mount.
 fn tune_bdi(mountpoint: &Path, readahead_bytes: u64) {
     let Some((dev, _)) = mount_entry(mountpoint) else {
         return;
     };
-    let kb = (readahead_bytes / 1024).max(128);
+    let kb = wanted_read_ahead_kb(readahead_bytes);
     let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     match std::fs::write(&path, kb.to_string()) {
         Ok(()) => tracing::debug!("set {path} = {kb}"),
