@@ -419,7 +419,7 @@ fn passthrough(sys: &Sys) -> Knob {
         current,
         recommended: "kernel >= 6.9 + CAP_SYS_ADMIN".into(),
         status: if available { Status::Ok } else { Status::Info },
-        why: "lets the kernel read a backing file without the daemon; nitro-uring serves from its pool and does not need it today".into(),
+        why: "opens of files held whole in the store are passed through: reads and mmap go kernel -> tmpfs without the daemon, and a mapping is the store's own pages (one copy); without it every read pays a FUSE round trip".into(),
         action: Action::None,
     }
 }
@@ -503,7 +503,7 @@ fn thp_shmem(sys: &Sys) -> Knob {
         current: cur.unwrap_or_else(|| "absent".into()),
         recommended: "advise or within_size".into(),
         status,
-        why: "huge pages for shmem/memfd/tmpfs memory; today's pool is anonymous, so this matters only for shmem-backed memory".into(),
+        why: "huge pages for shmem/memfd; the default store is a tmpfs the daemon mounts with huge=within_size (unaffected), but `--store none` files and a store on /dev/shm use this setting".into(),
         action: Action::Manual(format!(
             "echo advise > {path} (persist: kernel parameter transparent_hugepage_shmem=advise, kernel >= 6.14)"
         )),
