@@ -19,14 +19,25 @@ fn lone_copy() -> (tempfile::TempDir, PathBuf) {
 }
 
 /// Runs `bin` as a user would: not under Cargo, so it does not try to build the benchmark.
+/// ETXTBSY is retried: a test thread forking while another one still has its fresh copy of the
+/// program open for writing makes the exec fail until that child execs or exits.
 fn run(bin: &Path, args: &[&str]) -> Output {
-    Command::new(bin)
-        .args(args)
-        .env_remove("CARGO")
-        .env_remove("CARGO_PKG_NAME")
-        .env_remove("CARGO_MANIFEST_DIR")
-        .output()
-        .expect("run nitro-uring")
+    let mut tries = 0;
+    loop {
+        let out = Command::new(bin)
+            .args(args)
+            .env_remove("CARGO")
+            .env_remove("CARGO_PKG_NAME")
+            .env_remove("CARGO_MANIFEST_DIR")
+            .output();
+        match out {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.expect("run nitro-uring"),
+        }
+    }
 }
 
 #[test]
