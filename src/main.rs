@@ -83,42 +83,6 @@ struct MountArgs {
     store: StoreMode,
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => "warn",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NITRO_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("nitro_uring={level},fuser=error"))
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_timer(ClockTime)
-        .with_target(false)
-        .with_level(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// `[14:23:46]` in local time.
-struct ClockTime;
-
-impl tracing_subscriber::fmt::time::FormatTime for ClockTime {
-    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        // SAFETY: time(NULL) and localtime_r into an owned, zeroed struct.
-        let tm = unsafe {
-            let t = libc::time(std::ptr::null_mut());
-            let mut tm: libc::tm = std::mem::zeroed();
-            libc::localtime_r(&t, &mut tm);
-            tm
-        };
-        write!(w, "[{:02}:{:02}:{:02}]", tm.tm_hour, tm.tm_min, tm.tm_sec)
-    }
-}
-
 fn main() -> ExitCode {
     // Started by mount(8) as /sbin/mount.fuse.nitro-uring (fstab): a different command line.
     if let Some(code) = cli::helper::run_if_invoked_as_helper() {
@@ -153,7 +117,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cli.verbose, cli.quiet);
+    nitro_uring::logging::init(cli.verbose, cli.quiet);
     let result = match cli.cmd {
         Cmd::Mount(a) => run_mount(*a),
         Cmd::Bench { args } => bench_launch::exec(cli.verbose, cli.quiet, args),

@@ -556,7 +556,7 @@ fn daemon(inv: Invocation, ready_pipe: std::io::PipeWriter, log: LogSink) -> Exi
         quiet,
         cmd,
     } = inv.cli;
-    crate::init_logging(verbose, quiet);
+    nitro_uring::logging::init(verbose, quiet);
     let code = match cmd {
         crate::Cmd::Mount(a) => match crate::run_mount(*a) {
             Ok(()) => ExitCode::SUCCESS,
