@@ -23,11 +23,11 @@ use std::sync::{Arc, Weak};
 use crossbeam_channel::{Receiver, TryRecvError};
 use nitro_ring::{Completion, Ring, Waker};
 
-use crate::codec::{self, Scratch};
 use crate::index::{FxHasher, Key};
 use crate::policy::Policy;
 use crate::policy::s3fifo::S3Fifo;
 
+mod compress;
 mod evict;
 mod fill;
 mod request;
@@ -126,9 +126,8 @@ pub struct Engine {
     /// Which `Source` a file id belongs to, for the compressor's hints (weak: closing files must
     /// still release their descriptors).
     sources: HashMap<u64, Weak<Source>, BuildHasherDefault<FxHasher>>,
-    encode_scratch: Scratch,
-    encoded: Vec<u8>,
-    piece_buf: Vec<u8>,
+    /// The compression worker (None: `--compress off`).
+    compressor: Option<compress::Compressor>,
     readahead_fills: usize,
     /// Versions being filled whole into the store, with the next chunk to start.
     store_jobs: VecDeque<(Arc<Source>, u64)>,
@@ -179,9 +178,10 @@ impl Engine {
             completions: Vec::with_capacity(max_fills + 2),
             scratch: vec![0; shared.max_request_bytes.max(shared.chunk_bytes as usize)],
             sources: HashMap::with_capacity_and_hasher(1024, Default::default()),
-            encode_scratch: Scratch::new(codec::DEFAULT_FRAME_BYTES),
-            encoded: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
-            piece_buf: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
+            compressor: match shared.compress {
+                CompressMode::Off => None,
+                _ => Some(compress::Compressor::start(&shared, waker.clone())?),
+            },
             readahead_fills: max_fills.saturating_sub(max_fills / 4).max(1),
             store_jobs: VecDeque::new(),
             uncached: (0..UNCACHED_SLOTS)
@@ -220,7 +220,7 @@ impl Engine {
             if open {
                 self.pump_store();
             }
-            if !open && self.ring.in_flight() == 0 {
+            if !open && self.ring.in_flight() == 0 && self.compressing() == 0 {
                 break;
             }
             let mut done = std::mem::take(&mut self.completions);
@@ -232,6 +232,7 @@ impl Engine {
                 self.complete(c);
             }
             self.completions = done;
+            self.collect_compressed();
         }
         // Whatever is still parked gets an error rather than hanging the reader.
         self.fail_parked();
