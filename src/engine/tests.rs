@@ -3,8 +3,16 @@
 //! (a hit is copied out of the index; a miss is a `Msg::Read` whose `ReadReply` answers over a
 //! channel). Sources are real temp files, changed between requests; reads go through a real ring.
 
+use super::evict::Victim;
 use super::*;
+use crate::arena::Arena;
+use crate::codec::DtypeHint;
+use crate::index::{Index, SlotView};
+use crate::store::Store;
+use parking_lot::Mutex;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
