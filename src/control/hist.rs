@@ -124,7 +124,15 @@ mod tests {
 
     #[test]
     fn relative_error_is_bounded() {
-        for v in [17u64, 100, 1_000, 12_345, 1_000_000, 123_456_789, 9_999_999_999] {
+        for v in [
+            17u64,
+            100,
+            1_000,
+            12_345,
+            1_000_000,
+            123_456_789,
+            9_999_999_999,
+        ] {
             let i = bucket_of(v);
             let width = bucket_low(i + 1) - bucket_low(i);
             assert!(width as f64 / v as f64 <= 1.0 / SUB as f64 + 1e-9, "{v}");

@@ -24,14 +24,25 @@ pub enum Request {
     /// Who is there: answered with `hello`.
     Hello,
     /// Counters, gauges, percentiles and the `top` files by resident bytes: `stats`.
-    Stats { top: usize },
+    Stats {
+        top: usize,
+    },
     /// Fill these files (directories: every file below) at full depth: `plan`, `progress`...,
     /// `done`. With `check`, only `done` with the residency, nothing changed.
-    Warm { paths: Vec<String>, check: bool },
+    Warm {
+        paths: Vec<String>,
+        check: bool,
+    },
     /// Warm, and keep resident until unpinned; refused (`error`) beyond the pin cap.
-    Pin { paths: Vec<String> },
-    Unpin { paths: Vec<String> },
-    Evict { paths: Vec<String> },
+    Pin {
+        paths: Vec<String>,
+    },
+    Unpin {
+        paths: Vec<String>,
+    },
+    Evict {
+        paths: Vec<String>,
+    },
     /// Stops the warm or pin running on this connection (closing the connection does too).
     Cancel,
 }
@@ -136,7 +147,11 @@ pub fn parse_reply(text: &str) -> Result<Reply, String> {
         serde_json::from_str(text).map_err(|e| format!("unreadable reply ({e})"))?;
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(VERSION) => {}
-        Some(v) => return Err(format!("the daemon speaks protocol {v}, this client {VERSION}")),
+        Some(v) => {
+            return Err(format!(
+                "the daemon speaks protocol {v}, this client {VERSION}"
+            ));
+        }
         None => return Err("the reply has no protocol version".into()),
     }
     serde_json::from_value::<In>(value)
@@ -154,7 +169,11 @@ pub fn parse_request(text: &str) -> Result<Request, String> {
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(VERSION) => {}
         Some(v) => return Err(format!("protocol {v} is not spoken here (only {VERSION})")),
-        None => return Err(format!("request without \"v\" (this daemon speaks {VERSION})")),
+        None => {
+            return Err(format!(
+                "request without \"v\" (this daemon speaks {VERSION})"
+            ));
+        }
     }
     serde_json::from_value::<Envelope>(value)
         .map(|e| e.req)
@@ -175,8 +194,14 @@ mod tests {
             },
         };
         let text = serde_json::to_string(&req).expect("encode");
-        assert!(text.contains("\"v\":1") && text.contains("\"cmd\":\"warm\""), "{text}");
-        assert!(matches!(parse_request(&text), Ok(Request::Warm { check: true, .. })));
+        assert!(
+            text.contains("\"v\":1") && text.contains("\"cmd\":\"warm\""),
+            "{text}"
+        );
+        assert!(matches!(
+            parse_request(&text),
+            Ok(Request::Warm { check: true, .. })
+        ));
         assert!(parse_request(r#"{"v":2,"cmd":"hello"}"#).is_err());
         assert!(parse_request(r#"{"cmd":"hello"}"#).is_err());
         let l = line(&Reply::Error { error: "x".into() });

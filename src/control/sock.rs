@@ -183,9 +183,15 @@ mod tests {
         let l = "57 30 0:52 / /mnt/m\\040x rw,nosuid - fuse.nitro-uring nitro-uring:/src ro,user_id=1000,group_id=1000";
         let m = parse_line(l).expect("parsed");
         assert_eq!(m.mountpoint, PathBuf::from("/mnt/m x"));
-        assert_eq!((m.dev.as_str(), m.fstype.as_str()), ("0:52", "fuse.nitro-uring"));
+        assert_eq!(
+            (m.dev.as_str(), m.fstype.as_str()),
+            ("0:52", "fuse.nitro-uring")
+        );
         assert_eq!(m.user_id, Some(1000));
-        assert_eq!(path_for(0, "0:52"), PathBuf::from("/run/nitro-uring/ctl/0-52.sock"));
+        assert_eq!(
+            path_for(0, "0:52"),
+            PathBuf::from("/run/nitro-uring/ctl/0-52.sock")
+        );
         assert!(allowed(0, 1000) && allowed(1000, 1000) && !allowed(1001, 1000));
     }
 }

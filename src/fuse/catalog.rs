@@ -169,10 +169,7 @@ impl Catalog {
     /// The version an open of `t` would read now, opened as an open does (shared with the opens
     /// of the same stamp).
     pub fn open(&self, t: &Target) -> Result<Opened, String> {
-        let fd = t
-            .fd
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", t.path))?;
+        let fd = t.fd.try_clone().map_err(|e| format!("{}: {e}", t.path))?;
         let name: Arc<str> = t.path.rsplit('/').next().unwrap_or(&t.path).into();
         let node = Node::detached(fd, name);
         let ctx = versions::Ctx {
@@ -181,8 +178,13 @@ impl Catalog {
             next_file_id: &self.next_file_id,
             fuse_ino: 0,
         };
-        let (opened, purge) = versions::open_version(&node, &ctx)
-            .map_err(|e| format!("{}: {}", t.path, std::io::Error::from(e)))?;
+        let (opened, purge) = versions::open_version(&node, &ctx).map_err(|e| {
+            format!(
+                "{}: {}",
+                t.path,
+                why(&std::io::Error::from_raw_os_error(e.code()))
+            )
+        })?;
         Ok(Opened {
             src: opened.src,
             stable: opened.stable,
