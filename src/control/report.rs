@@ -335,7 +335,7 @@ fn top_files(ctx: &Ctx, n: usize) -> Vec<TopFile> {
             pinned: pinned.contains(&id),
         });
     }
-    rows.sort_by(|a, b| b.resident_bytes.cmp(&a.resident_bytes));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.resident_bytes));
     rows.truncate(n);
     rows
 }

@@ -197,7 +197,7 @@ fn drive(
         if active.is_empty() && next >= files.len() {
             break;
         }
-        step(ctx, &mut active, &files[..], skipped);
+        step(ctx, &mut active, files, skipped);
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             let resident = held
