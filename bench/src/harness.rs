@@ -48,6 +48,9 @@ pub(crate) struct Bench<'a> {
     pub(crate) warm: bool,
     pub(crate) null: Option<(NullMount, CacheMode)>,
     pub(crate) last_stats: Option<StatsSnapshot>,
+    /// What the resident rows found beside their throughput (see `resident`).
+    pub(crate) resident_runs: Vec<crate::resident::Resident>,
+    pub(crate) resident_notes: Vec<String>,
 }
 
 /// Drops the page-cache pages of these files (between passes of a warm row).
@@ -77,6 +80,8 @@ impl<'a> Bench<'a> {
             warm: false,
             null: None,
             last_stats: None,
+            resident_runs: Vec::new(),
+            resident_notes: Vec::new(),
         }
     }
 }

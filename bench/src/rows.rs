@@ -15,7 +15,7 @@ use crate::sys;
 use crate::workload::{self, Ctx};
 
 /// Workload ids and labels, in report order.
-pub const WORKLOADS: [(&str, &str); 11] = [
+pub const WORKLOADS: [(&str, &str); 12] = [
     ("cold-seq", "cold seq read 1 MiB"),
     ("arena-seq", "warm arena seq 1 MiB"),
     ("pagecache-seq", "page-cache hit seq 1 MiB"),
@@ -27,6 +27,8 @@ pub const WORKLOADS: [(&str, &str); 11] = [
     ("mmap-rand", "mmap random 4 KiB"),
     ("load-cold", "model load, cold"),
     ("load-warm", "model load, warm arena"),
+    // One row per file size and read shape (`resident.rs`); this id selects them all.
+    ("resident", "resident re-open (store + passthrough)"),
 ];
 
 pub(crate) const SEQ_BLOCK: usize = 1 << 20;
@@ -397,6 +399,9 @@ pub(crate) fn run_rows(b: &mut Bench<'_>) -> Result<u64> {
     }
     if selected(args, "pagecache-seq") {
         b.pagecache_seq()?;
+    }
+    if selected(args, "resident") {
+        b.resident()?;
     }
     b.check()?;
     Ok(peak_before_mmap)

@@ -139,6 +139,24 @@ pub fn proc_status_bytes(field: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// A `kB` field of /proc/meminfo (e.g. `MemFree`), in bytes.
+pub fn proc_meminfo_bytes(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Sectors (512 bytes) read so far by a block device named like `/dev/vda1`, from its
+/// `/sys/class/block/NAME/stat` (a partition's counts are its own). None when it has none.
+pub fn device_sectors_read(device: &str) -> Option<u64> {
+    let name = device.strip_prefix("/dev/")?.rsplit('/').next()?;
+    let text = std::fs::read_to_string(format!("/sys/class/block/{name}/stat")).ok()?;
+    text.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// A `kB` field of /proc/self/smaps_rollup (e.g. `AnonHugePages`), in bytes.
 pub fn smaps_rollup_bytes(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
