@@ -215,8 +215,10 @@ impl Engine {
                 let view = SlotView::raw(*block, fill.want_bytes as usize);
                 self.shared.index.set(*slot, fill.key, view);
                 self.shared.index.publish(*slot, fill.key, fill.filler);
-                self.policy
-                    .insert(*slot, fill.key.hash64(), block.pages * PAGE_BYTES as u32);
+                if !self.is_pinned(fill.key.file) {
+                    self.policy
+                        .insert(*slot, fill.key.hash64(), block.pages * PAGE_BYTES as u32);
+                }
                 self.file_slots.insert(fill.key.file, *slot);
             }
             Dest::Store(e) => {
