@@ -301,6 +301,29 @@ impl Index {
         self.shard(key).read().contains_key(&key)
     }
 
+    /// Logical bytes cached per file id, and of those the bytes held compressed (reports; walks
+    /// every shard under its read lock, so it costs a pass over the index).
+    pub fn resident_by_file(&self) -> HashMap<u64, (u64, u64), BuildHasherDefault<FxHasher>> {
+        let mut out: HashMap<u64, (u64, u64), BuildHasherDefault<FxHasher>> = HashMap::default();
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            for (key, &slot) in shard.iter() {
+                let view = self.view(slot);
+                let e = out.entry(key.file).or_default();
+                e.0 += view.logical_len as u64;
+                if view.form == Form::Encoded {
+                    e.1 += view.logical_len as u64;
+                }
+            }
+        }
+        out
+    }
+
+    /// What a slot holds now (owner: the engine reads it between its own updates).
+    pub fn view_of(&self, slot: u32) -> SlotView {
+        self.view(slot)
+    }
+
     fn view(&self, slot: u32) -> SlotView {
         let s = &self.slots[slot as usize];
         let form = if s.form.load(Ordering::Relaxed) == 0 {

@@ -3,6 +3,7 @@
 
 pub mod arena;
 pub mod codec;
+pub mod control;
 pub mod engine;
 pub mod fuse;
 pub mod heartbeat;

@@ -81,6 +81,10 @@ struct MountArgs {
     /// only while mounted) or `off` (no store: every read goes through the daemon)
     #[arg(long, default_value = "default", value_parser = StoreMode::parse)]
     store: StoreMode,
+    /// Serve Prometheus metrics at http://ADDR/metrics (ADDR: 127.0.0.1:9108, [::1]:9108; port 0
+    /// picks a free port, logged as METRICS)
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +149,7 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
     cfg.cache_mode = a.cache_mode;
     cfg.compress = a.compress;
     cfg.store = a.store;
+    cfg.metrics = a.metrics;
     // Signals are caught before mounting so a Ctrl+C during start-up still unmounts.
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
     let handle = signals.handle();

@@ -43,6 +43,10 @@ pub struct MountConfig {
     pub compress: CompressMode,
     /// Where whole files are kept for passthrough and across restarts (`--store`).
     pub store: StoreMode,
+    /// Serve Prometheus metrics on this address (`--metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Serve the control socket (warm, pin, evict, stats).
+    pub control: bool,
 }
 
 impl MountConfig {
@@ -63,6 +67,8 @@ impl MountConfig {
             cache_mode: CacheMode::Direct,
             compress: CompressMode::Auto,
             store: StoreMode::Default,
+            metrics: None,
+            control: true,
         }
     }
 }
@@ -101,7 +107,7 @@ pub struct StatsSnapshot {
     pub passthrough_opens: u64,
 }
 
-fn snapshot(shared: &Shared) -> StatsSnapshot {
+pub fn snapshot(shared: &Shared) -> StatsSnapshot {
     let s: &Stats = &shared.stats;
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let store = shared.store.as_ref().map(Store::usage).unwrap_or_default();
@@ -149,6 +155,8 @@ pub struct Mounted {
     reaper: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
     /// The mount's device ("0:39"): names its connection under /sys/fs/fuse/connections.
     conn_dev: Option<String>,
+    /// The control socket and metrics endpoint; stopped first at teardown.
+    control: Option<crate::control::Control>,
 }
 
 /// Checks every input; the error text is the one line the user sees.
@@ -506,10 +514,17 @@ impl Mounted {
     pub fn spawn(cfg: MountConfig) -> Result<Mounted> {
         recover_stale(&cfg.mountpoint)?;
         validate(&cfg)?;
+        // Bound before mounting: a bad or busy address leaves nothing mounted.
+        let metrics = match cfg.metrics {
+            Some(addr) => Some(crate::control::prom::bind(addr).map_err(|e| anyhow!(e))?),
+            None => None,
+        };
         raise_max_pages(cfg.chunk_bytes);
         let max_request_bytes =
             (max_pages_limit() * PAGE_BYTES as u64).min(cfg.chunk_bytes) as usize;
         let source = std::fs::canonicalize(&cfg.source)?;
+        // As the mount table shows it: the control client matches it there.
+        let mountpoint_abs = std::fs::canonicalize(&cfg.mountpoint)?;
         let arena = Arena::new(cfg.pool_bytes as usize, cfg.chunk_bytes as usize, cfg.lock)
             .map_err(|e| anyhow!("cannot allocate a pool of {} bytes: {e}", cfg.pool_bytes))?;
         let slabs = (cfg.pool_bytes / cfg.chunk_bytes) as u32;
@@ -568,6 +583,7 @@ impl Mounted {
         let (engine, waker) = Engine::new(shared.clone(), rx, MAX_FILLS)
             .map_err(|e| anyhow!("io_uring unavailable: {e}"))?;
         let notifier_slot = Arc::new(std::sync::OnceLock::new());
+        let telemetry = Arc::new(crate::control::telemetry::Telemetry::default());
         let fs = NitroFs::new(
             &source,
             shared.clone(),
@@ -575,8 +591,10 @@ impl Mounted {
             waker.clone(),
             fs_opts,
             notifier_slot.clone(),
+            telemetry.clone(),
         )?;
         let reaper = fs.reaper();
+        let catalog = fs.catalog()?;
         let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config).map_err(|e| {
             if e.kind() == std::io::ErrorKind::PermissionDenied {
                 anyhow!(
@@ -611,6 +629,25 @@ impl Mounted {
         tune_bdi(&cfg.mountpoint, cfg.readahead_bytes.max(cfg.chunk_bytes));
         let conn_dev = mount_entry(&cfg.mountpoint).map(|(dev, _)| dev);
         let heartbeat = crate::heartbeat::spawn(shared.clone());
+        let control = match (&conn_dev, cfg.control || metrics.is_some()) {
+            (Some(dev), true) => {
+                let ctx = crate::control::Ctx::new(
+                    shared.clone(),
+                    telemetry,
+                    catalog,
+                    (tx.clone(), waker.clone()),
+                    source.clone(),
+                    mountpoint_abs,
+                );
+                let dev = if cfg.control {
+                    Some(dev.as_str())
+                } else {
+                    None
+                };
+                Some(crate::control::Control::spawn(ctx, dev, metrics))
+            }
+            _ => None,
+        };
         tracing::info!(
             "MOUNT {} -> {} pool {} MiB chunk {} KiB readahead {} KiB mode {:?} threads {}",
             source.display(),
@@ -632,11 +669,17 @@ impl Mounted {
             heartbeat,
             reaper,
             conn_dev,
+            control,
         })
     }
 
     pub fn stats(&self) -> StatsSnapshot {
         snapshot(&self.shared)
+    }
+
+    /// The directory of this mount's store files (None: no store).
+    pub fn store_dir(&self) -> Option<PathBuf> {
+        self.shared.store.as_ref().map(|s| s.path.clone())
     }
 
     pub fn mountpoint(&self) -> &Path {
@@ -664,7 +707,14 @@ impl Mounted {
         self.teardown()
     }
 
+    /// The control socket's path, if it serves one.
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.control.as_ref().and_then(|c| c.socket.as_deref())
+    }
+
     fn teardown(&mut self) -> Result<()> {
+        // No more warms or scrapes: they would queue work for an engine about to stop.
+        drop(self.control.take());
         let mut result = Ok(());
         if let Some(mut u) = self.unmounter.take()
             && let Err(e) = u.unmount()

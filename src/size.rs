@@ -21,6 +21,22 @@ pub fn parse_bytes_or_zero(text: &str) -> Result<u64, String> {
     parse(text, 1, true)
 }
 
+/// A byte count for people: `512 B`, `3.2 MiB`, `1.50 GiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    match u {
+        0 => format!("{bytes} B"),
+        _ if v >= 100.0 => format!("{v:.0} {}", UNITS[u]),
+        _ => format!("{v:.1} {}", UNITS[u]),
+    }
+}
+
 fn parse(text: &str, bare: u64, zero_ok: bool) -> Result<u64, String> {
     let t = text.trim();
     let split = t

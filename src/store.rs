@@ -571,6 +571,20 @@ impl Store {
         Some(e)
     }
 
+    /// The entry of a version, if stored, without counting a use (reports).
+    pub fn peek(&self, stamp: &Stamp) -> Option<Arc<Entry>> {
+        self.state.lock().entries.get(stamp).cloned()
+    }
+
+    /// Every entry: (stamp, bytes filled, complete), for reports.
+    pub fn list(&self) -> Vec<(Stamp, u64, bool)> {
+        let st = self.state.lock();
+        st.entries
+            .values()
+            .map(|e| (e.stamp, e.filled_bytes(), e.is_complete()))
+            .collect()
+    }
+
     /// Slabs the entries hold now.
     pub fn held_slabs(&self) -> u32 {
         self.state.lock().entries.values().map(|e| e.slabs).sum()

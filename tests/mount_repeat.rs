@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use nitro_uring::mount::{MountConfig, Mounted, StoreMode};
 
+#[path = "support/bf16.rs"]
+mod bf16;
 mod common;
 
 const MIB: u64 = 1 << 20;
@@ -134,5 +136,57 @@ fn a_file_larger_than_the_pool_keeps_a_stable_subset() {
         }
     }
     assert!(st.admissions_refused > 0, "{st:?}");
+    m.unmount().expect("unmount");
+}
+
+/// Four distinct BF16 shards under a pool of 80% of their size: they fit only compressed
+/// (≈0.69×). From the third pass on, passes read less than 5% of the set (before the stable
+/// subset and the worker, 18–41% per pass). `--store off`: the store keeps whole files raw, so a
+/// loop over files that do not fit it raw is a different problem (see the README).
+#[test]
+#[ignore = "issue 10 part 3 not met yet: passes 3+ still fill 20-50% of the set (see README)"]
+fn a_bf16_set_that_fits_compressed_stays() {
+    let s = setup();
+    let files: Vec<(PathBuf, Vec<u8>)> = (0..4u64)
+        .map(|i| {
+            let name = format!("shard-{i}.safetensors");
+            let data = bf16::write_bf16_safetensors(&s.src.join(&name), 6, 1 << 20, 0x9e37 + i);
+            (s.mnt.join(name), data)
+        })
+        .collect();
+    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    settle();
+    let mut cfg = MountConfig::new(&s.src, &s.mnt, total * 8 / 10 / MIB * MIB);
+    cfg.store = StoreMode::Off;
+    let m = Mounted::spawn(cfg).expect("mount");
+    let stat = device_stat(&s.src);
+    let passes: Vec<(u64, u64)> = (0..6).map(|_| pass(&m, stat.as_deref(), &files)).collect();
+    let st = m.stats();
+    eprintln!(
+        "set {} MiB; per pass (filled MiB, device MiB): {:?}\n{st:?}",
+        total >> 20,
+        passes
+            .iter()
+            .map(|&(f, d)| (f >> 20, d >> 20))
+            .collect::<Vec<_>>()
+    );
+    for (p, &(filled, device)) in passes.iter().enumerate().skip(2) {
+        assert!(
+            filled * 20 < total,
+            "pass {}: filled {} MiB of a {} MiB set",
+            p + 1,
+            filled >> 20,
+            total >> 20
+        );
+        if stat.is_some() {
+            assert!(
+                device * 5 < total,
+                "pass {}: the device read {} MiB",
+                p + 1,
+                device >> 20
+            );
+        }
+    }
+    assert!(st.compressions > 0 && st.decode_errors == 0, "{st:?}");
     m.unmount().expect("unmount");
 }

@@ -1,15 +1,19 @@
 //! The commands for operating the daemon on a real machine (issue 11): kernel tuning, shell
 //! completions and man pages, a systemd unit, and the `mount.fuse.nitro-uring` helper that lets
-//! fstab and mount(8) start it.
+//! fstab and mount(8) start it; and the clients of a mount's control socket (`ctl`): `warm`,
+//! `pin`, `unpin`, `evict`, `stats`.
 //!
 //! These live in the binary (not the library) because they need the clap definition in `main.rs`
 //! (`crate::Cli`) and its `run_mount`; `main.rs` only flattens [`Ops`] into its subcommands.
 
+pub mod ctl;
 pub mod generate;
 pub mod helper;
 pub mod ready;
+pub mod stats;
 pub mod systemd;
 pub mod tune;
+pub mod warm;
 
 use std::path::PathBuf;
 
@@ -35,6 +39,16 @@ pub enum Ops {
     /// Link /sbin/mount.fuse.nitro-uring to this binary so fstab entries and `mount -t
     /// fuse.nitro-uring` work
     InstallHelper(helper::InstallArgs),
+    /// Fill files (or directories) under a mount into its pool at full depth, in load order
+    Warm(warm::WarmArgs),
+    /// Warm files and keep them resident (capped at 3/4 of the pool)
+    Pin(warm::PathsArgs),
+    /// Let pinned files be evicted again
+    Unpin(warm::PathsArgs),
+    /// Drop files from the pool (store file and arena chunks) unless open handles hold them
+    Evict(warm::PathsArgs),
+    /// Show a mount's pool use, hit ratio, rates, service times and top files
+    Stats(stats::StatsArgs),
 }
 
 pub fn run(ops: Ops) -> anyhow::Result<()> {
@@ -44,6 +58,11 @@ pub fn run(ops: Ops) -> anyhow::Result<()> {
         Ops::Man { dir } => generate::man(dir.as_deref()),
         Ops::SystemdUnit(a) => systemd::run(a),
         Ops::InstallHelper(a) => helper::install(a),
+        Ops::Warm(a) => warm::warm(a),
+        Ops::Pin(a) => warm::pin(a),
+        Ops::Unpin(a) => warm::unpin(a),
+        Ops::Evict(a) => warm::evict(a),
+        Ops::Stats(a) => stats::run(a),
     }
 }
 

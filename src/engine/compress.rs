@@ -322,7 +322,9 @@ impl Engine {
         let stored = view.stored_bytes();
         self.shared.index.set(slot, key, view);
         self.shared.index.publish(slot, key, 0);
-        self.policy.insert_main(slot, key.hash64(), stored as u32);
+        if !self.is_pinned(key.file) {
+            self.policy.insert_main(slot, key.hash64(), stored as u32);
+        }
         self.file_slots.insert(key.file, slot);
         s.compressions.fetch_add(1, Ordering::Relaxed);
         s.encoded_logical_bytes

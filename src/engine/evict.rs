@@ -81,6 +81,11 @@ impl FileSlots {
         list
     }
 
+    /// The slots listed under `file`.
+    pub(super) fn of(&self, file: u64) -> &[u32] {
+        self.lists.get(&file).map_or(&[], Vec::as_slice)
+    }
+
     #[cfg(test)]
     pub(super) fn listed(&self, file: u64) -> usize {
         self.lists.get(&file).map_or(0, Vec::len)
@@ -190,7 +195,10 @@ impl Engine {
         let index = &shared.index;
         let mut dropped = 0u64;
         for slot in self.file_slots.take(file_id) {
-            debug_assert!(self.policy.is_queued(slot) && index.key_of(slot).file == file_id);
+            debug_assert!(
+                (self.policy.is_queued(slot) || self.is_pinned(file_id))
+                    && index.key_of(slot).file == file_id
+            );
             // A pinned chunk stays until eviction; its key can no longer be looked up by new opens.
             if let Some(view) = index.try_remove(slot) {
                 self.policy.remove(slot);

@@ -221,12 +221,14 @@ impl Engine {
                 };
                 self.shared.index.set(*slot, fill.key, view);
                 self.shared.index.publish(*slot, fill.key, fill.filler);
-                self.policy.insert(*slot, entry, &self.shared.index);
-                let refused = self.policy.refused();
-                self.shared
-                    .stats
-                    .admissions_refused
-                    .store(refused, Ordering::Relaxed);
+                if !self.is_pinned(fill.key.file) {
+                    self.policy.insert(*slot, entry, &self.shared.index);
+                    let refused = self.policy.refused();
+                    self.shared
+                        .stats
+                        .admissions_refused
+                        .store(refused, Ordering::Relaxed);
+                }
                 self.file_slots.insert(fill.key.file, *slot);
             }
             Dest::Store(e) => {

@@ -28,6 +28,7 @@ use crate::policy::Policy;
 use crate::policy::s3fifo::S3Fifo;
 
 mod compress;
+mod control;
 mod evict;
 mod fill;
 mod request;
@@ -36,6 +37,7 @@ mod source;
 mod store_fill;
 mod uncached;
 
+pub use control::{Admitted, Control, Evicted};
 pub use shared::{Copied, Shared, Stats, decode_into};
 pub use source::{Source, Stamp, fd_stamp};
 
@@ -100,6 +102,8 @@ pub enum Msg {
         /// Opened before (a reuse): may push out other idle store files, not only take free room.
         reused: bool,
     },
+    /// From the control channel (warm, pin, evict): see `control.rs`.
+    Control(Control),
     Shutdown,
 }
 
@@ -137,6 +141,8 @@ pub struct Engine {
     uncached_line: VecDeque<Waiter>,
     /// Test hook, see `FAULT_ENV`.
     panic_on: Option<String>,
+    /// Cache ids pinned through the control channel: their chunks are kept out of the policy.
+    pinned: std::collections::HashSet<u64, BuildHasherDefault<FxHasher>>,
 }
 
 /// Fault injection for tests, read once when the engine starts:
@@ -195,6 +201,7 @@ impl Engine {
             panic_on: std::env::var(FAULT_ENV)
                 .ok()
                 .and_then(|v| v.strip_prefix("engine-panic-on=").map(str::to_owned)),
+            pinned: Default::default(),
             shared,
             ring,
             rx,
@@ -325,6 +332,7 @@ impl Engine {
             }
             Msg::Purge { file_id } => self.purge(file_id),
             Msg::Store { src, reused } => self.admit(src, reused),
+            Msg::Control(c) => self.control(c),
             Msg::DropCorrupt { key } => self.drop_key(key),
             Msg::Shutdown => {}
         }

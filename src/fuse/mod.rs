@@ -10,6 +10,7 @@
 //!
 //! The hit path (`read`) lives in `read.rs`; it never allocates.
 
+pub mod catalog;
 mod nodes;
 mod passthrough;
 mod read;
@@ -80,15 +81,17 @@ pub struct NitroFs {
     opts: Options,
     nodes: Arc<Nodes>,
     reopener: Reopener,
-    registry: versions::Registry,
+    registry: Arc<versions::Registry>,
     handles: Box<[HandleShard]>,
     dirs: Mutex<std::collections::HashMap<u64, Arc<DirList>>>,
     next_fh: AtomicU64,
-    next_file_id: AtomicU64,
+    next_file_id: Arc<AtomicU64>,
     /// Set once the session exists; used to drop the kernel's cached attributes of a changed file.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// The kernel took FUSE_PASSTHROUGH and backing files are accepted (see `passthrough`).
     passthrough: std::sync::atomic::AtomicBool,
+    /// Service times and bytes served, for the control channel and /metrics.
+    telemetry: Arc<crate::control::telemetry::Telemetry>,
 }
 
 /// An I/O error as the errno fuser replies with.
@@ -104,6 +107,7 @@ impl NitroFs {
         waker: Waker,
         opts: Options,
         notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+        telemetry: Arc<crate::control::telemetry::Telemetry>,
     ) -> std::io::Result<NitroFs> {
         // More versions than slots can never all have chunks cached.
         let registry = versions::Registry::new(shared.index.slot_count() as usize * 2);
@@ -116,16 +120,26 @@ impl NitroFs {
             opts,
             nodes: Arc::new(Nodes::new(root)?),
             reopener: Reopener::new()?,
-            registry,
+            registry: Arc::new(registry),
             handles: (0..HANDLE_SHARDS)
                 .map(|_| RwLock::new(std::collections::HashMap::new()))
                 .collect(),
             dirs: Mutex::new(std::collections::HashMap::new()),
             next_fh: AtomicU64::new(1),
-            next_file_id: AtomicU64::new(1),
+            next_file_id: Arc::new(AtomicU64::new(1)),
             notifier,
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            telemetry,
         })
+    }
+
+    /// What lets the control channel find files and open versions as an open does.
+    pub fn catalog(&self) -> std::io::Result<catalog::Catalog> {
+        catalog::Catalog::new(
+            self.nodes.clone(),
+            self.registry.clone(),
+            self.next_file_id.clone(),
+        )
     }
 
     /// What lets another thread tell the kernel about deleted source objects (see `Reaper`).

@@ -74,6 +74,18 @@ impl AsFd for Held<'_> {
 }
 
 impl Node {
+    /// A node of an object the control channel resolved (see `catalog`): not in the table, never
+    /// handed to the kernel; it lets a warm open a version exactly as an open does.
+    pub fn detached(fd: OwnedFd, name: Arc<str>) -> Node {
+        Node {
+            ident: Ident::Fd(fd),
+            name,
+            is_file: true,
+            is_dir: false,
+            versions: Mutex::new(Versions::default()),
+        }
+    }
+
     /// An `O_PATH` descriptor of the object (stat, listing, readlink, lookups below it).
     pub fn path_fd(&self) -> io::Result<Held<'_>> {
         match &self.ident {
@@ -212,6 +224,11 @@ impl Nodes {
             reopener,
             warned_emfile: Mutex::new(false),
         })
+    }
+
+    /// The source root's node (its descriptor is where the control channel resolves paths).
+    pub fn root(&self) -> &Arc<Node> {
+        &self.root
     }
 
     pub fn get(&self, ino: INodeNo) -> Option<Arc<Node>> {

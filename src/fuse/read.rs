@@ -4,11 +4,13 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use fuser::{Errno, FileAttr, FileHandle, ReplyData};
 
 use super::NitroFs;
 use super::nodes::Node;
+use crate::control::telemetry::Telemetry;
 use crate::engine::{Copied, Msg, ReadReply, Source};
 use crate::index::Key;
 
@@ -47,14 +49,23 @@ impl Handle {
     }
 }
 
-/// The engine completes misses through this: fuser's reply is the FUSE side of `ReadReply`.
-impl ReadReply for ReplyData {
+/// The engine completes misses through this: fuser's reply is the FUSE side of `ReadReply`, and
+/// the miss's service time is recorded when it is answered.
+struct MissReply {
+    reply: ReplyData,
+    start: Instant,
+    telemetry: Arc<Telemetry>,
+}
+
+impl ReadReply for MissReply {
     fn data(self: Box<Self>, bytes: &[u8]) {
-        ReplyData::data(*self, bytes);
+        self.reply.data(bytes);
+        self.telemetry.miss(self.start, bytes.len());
     }
 
     fn error(self: Box<Self>, errno: i32) {
-        ReplyData::error(*self, Errno::from_i32(errno));
+        self.reply.error(Errno::from_i32(errno));
+        self.telemetry.miss(self.start, 0);
     }
 }
 
@@ -65,6 +76,7 @@ thread_local! {
 
 impl NitroFs {
     pub(super) fn serve_read(&self, fh: FileHandle, offset: u64, size: u32, mut reply: ReplyData) {
+        let start = Instant::now();
         if self.shared.dead.load(Ordering::Relaxed) {
             return reply.error(Errno::EIO); // the fill engine died (see `Engine::die`)
         }
@@ -86,7 +98,8 @@ impl NitroFs {
         if let Some(bytes) = src.store.get().and_then(|e| e.range(offset, size as usize)) {
             // A stored version: a slice of its tmpfs mapping, whatever chunks the range spans.
             shared.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return reply.data(bytes);
+            reply.data(bytes);
+            return self.telemetry.hit(start, bytes.len());
         }
         if first == last {
             let key = Key {
@@ -94,14 +107,15 @@ impl NitroFs {
                 chunk: first,
             };
             if let Some(pin) = shared.index.pin(key, toucher) {
-                let start = (offset - first * shared.chunk_bytes) as usize;
+                let at = (offset - first * shared.chunk_bytes) as usize;
                 if let Some(bytes) = pin.raw_bytes(&shared.arena) {
                     shared.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    return reply.data(&bytes[start..start + size as usize]);
+                    reply.data(&bytes[at..at + size as usize]);
+                    return self.telemetry.hit(start, size as usize);
                 }
                 // Compressed: decoded below, through the same path as spanning reads.
             } else {
-                return self.miss(src, fh.0, offset, size, reply);
+                return self.miss(src, fh.0, offset, size, reply, start);
             }
         } else if last == first + 1 {
             // A request spanning two chunks whose blocks happen to be neighbours in the arena (the
@@ -120,9 +134,10 @@ impl NitroFs {
             {
                 let chunk = shared.chunk_bytes;
                 if let Some(bytes) = p0.span_with(&p1, &shared.arena, chunk as usize) {
-                    let start = (offset - first * chunk) as usize;
+                    let at = (offset - first * chunk) as usize;
                     shared.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    return reply.data(&bytes[start..start + size as usize]);
+                    reply.data(&bytes[at..at + size as usize]);
+                    return self.telemetry.hit(start, size as usize);
                 }
             }
         }
@@ -141,6 +156,7 @@ impl NitroFs {
                         if let Some(reply) = pending.take() {
                             shared.stats.hits.fetch_add(1, Ordering::Relaxed);
                             reply.data(out);
+                            self.telemetry.hit(start, out.len());
                         }
                     }
                     Copied::Corrupt(key) => {
@@ -153,12 +169,25 @@ impl NitroFs {
             let Some(r) = pending else { return };
             reply = r;
         }
-        self.miss(src, fh.0, offset, size, reply);
+        self.miss(src, fh.0, offset, size, reply, start);
     }
 
     /// Hands a read the arena cannot serve to the ring thread, which replies when the bytes land.
-    fn miss(&self, src: &Arc<Source>, fh: u64, offset: u64, size: u32, reply: ReplyData) {
+    fn miss(
+        &self,
+        src: &Arc<Source>,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+        start: Instant,
+    ) {
         self.shared.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let reply = MissReply {
+            reply,
+            start,
+            telemetry: self.telemetry.clone(),
+        };
         self.send(Msg::Read {
             src: src.clone(),
             fh,

@@ -61,6 +61,8 @@ struct Current {
     compress_logged: Arc<AtomicBool>,
     /// The parsed weight header of this version (safetensors, GGUF), and the default hint.
     header: (Option<Arc<Layout>>, DtypeHint),
+    /// The name it was opened by (for the control channel's top list).
+    name: Arc<str>,
 }
 
 impl Versions {
@@ -96,6 +98,22 @@ impl Registry {
         cur.source
             .upgrade()
             .filter(|s| !s.stale.load(Ordering::Relaxed))
+    }
+
+    /// The cache id of the version with this stamp, if one was opened and may be shared (its
+    /// chunks are cached under that id).
+    pub fn file_id_of(&self, stamp: Stamp) -> Option<u64> {
+        let map = self.map.lock();
+        let cur = map.get(&(stamp.0, stamp.1))?;
+        (cur.stable && cur.stamp == stamp).then_some(cur.file_id)
+    }
+
+    /// Every known version: (cache id, stamp, name).
+    pub fn list(&self) -> Vec<(u64, Stamp, Arc<str>)> {
+        let map = self.map.lock();
+        map.values()
+            .map(|c| (c.file_id, c.stamp, c.name.clone()))
+            .collect()
     }
 
     pub fn new(limit: usize) -> Registry {
@@ -235,6 +253,7 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
             source: Arc::downgrade(&src),
             compress_logged,
             header: (layout, default_hint),
+            name: node.name.clone(),
         },
     );
     drop(map);
