@@ -144,7 +144,7 @@ fn a_file_larger_than_the_pool_keeps_a_stable_subset() {
 /// subset and the worker, 18–41% per pass). `--store off`: the store keeps whole files raw, so a
 /// loop over files that do not fit it raw is a different problem (see the README).
 #[test]
-#[ignore = "issue 10 part 3 not met yet: passes 3+ still fill 20-50% of the set (see README)"]
+#[ignore = "issue 10 part 3 not met yet: passes 3-5 still fill 19-33% of the set, pass 6 0% (see README)"]
 fn a_bf16_set_that_fits_compressed_stays() {
     let s = setup();
     let files: Vec<(PathBuf, Vec<u8>)> = (0..4u64)

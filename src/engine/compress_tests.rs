@@ -5,11 +5,14 @@
 use super::*;
 use crate::engine::compress::COMPRESS_JOBS;
 
-/// A stopped engine over 8 chunks with plain zstd, the worker's gate, and two text files: `a`
-/// (8 chunks, read once and touched by a second handle, so it moves to main when evicted from
-/// the small queue) and `b` (16 chunks).
+/// Pool chunks: more than the worker's queue holds, so a storm overflows it.
+const POOL: u64 = COMPRESS_JOBS as u64 + 8;
+
+/// A stopped engine over `POOL` chunks with plain zstd, the worker's gate, and two text files:
+/// `a` (`POOL` chunks, read once and touched by a second handle, so it moves to main when evicted
+/// from the small queue) and `b` (2 × `POOL` chunks).
 fn rig_with_gate() -> (Rig, Arc<parking_lot::Mutex<()>>) {
-    let rig = Rig::new(8, 4, CompressMode::Zstd);
+    let rig = Rig::new(POOL, 4, CompressMode::Zstd);
     let gate = rig
         .engine
         .as_ref()
@@ -27,7 +30,7 @@ fn text_file(rig: &Rig, name: &str, chunks: u64, seed: u8) -> (Arc<Source>, Vec<
 
 /// Fills all of `a` and touches each chunk with another handle (a reuse).
 fn warm(rig: &Rig, a: &Arc<Source>, data: &[u8]) {
-    for c in 0..8 {
+    for c in 0..POOL {
         assert_eq!(rig.read(a, c * CHUNK, 100), slice(data, c * CHUNK, 100));
         let key = Key {
             file: a.file_id,
@@ -39,7 +42,7 @@ fn warm(rig: &Rig, a: &Arc<Source>, data: &[u8]) {
 
 /// Reads all of `b`: every fill needs a victim, and the first victims are `a`'s reused chunks.
 fn churn(rig: &Rig, b: &Arc<Source>, data: &[u8]) {
-    for c in 0..16 {
+    for c in 0..2 * POOL {
         assert_eq!(rig.read(b, c * CHUNK, 100), slice(data, c * CHUNK, 100));
     }
 }
@@ -48,8 +51,8 @@ fn churn(rig: &Rig, b: &Arc<Source>, data: &[u8]) {
 fn fills_go_on_while_the_worker_encodes_and_a_full_queue_drops() {
     let (mut rig, gate) = rig_with_gate();
     rig.start();
-    let (a, da) = text_file(&rig, "a", 8, 1);
-    let (b, db) = text_file(&rig, "b", 16, 2);
+    let (a, da) = text_file(&rig, "a", POOL, 1);
+    let (b, db) = text_file(&rig, "b", 2 * POOL, 2);
     warm(&rig, &a, &da);
     let held = gate.lock();
     // The worker is stalled inside its first job: every read still completes.
@@ -66,7 +69,7 @@ fn fills_go_on_while_the_worker_encodes_and_a_full_queue_drops() {
         n(&s.compressions) == COMPRESS_JOBS as u64
     });
     // The published chunks are served decoded, byte-exact.
-    let compressed: Vec<u64> = (0..8)
+    let compressed: Vec<u64> = (0..POOL)
         .filter(|&c| rig.cached(&a, c))
         .filter(|&c| {
             let key = Key {
@@ -89,29 +92,31 @@ fn fills_go_on_while_the_worker_encodes_and_a_full_queue_drops() {
 }
 
 #[test]
-fn a_chunk_read_during_its_encode_is_filled_again_and_the_encode_discarded() {
+fn a_chunk_read_during_its_encode_waits_for_it() {
     let (mut rig, gate) = rig_with_gate();
     rig.start();
-    let (a, da) = text_file(&rig, "a", 8, 1);
-    let (b, db) = text_file(&rig, "b", 16, 2);
+    let (a, da) = text_file(&rig, "a", POOL, 1);
+    let (b, db) = text_file(&rig, "b", 2 * POOL, 2);
     warm(&rig, &a, &da);
     let held = gate.lock();
     churn(&rig, &b, &db);
     // Chunk 0 left first: it is with the worker now, out of the index.
     assert!(!rig.cached(&a, 0));
     let fills = n(&rig.stats().fills);
-    assert_eq!(rig.read(&a, 3, 9000), slice(&da, 3, 9000));
-    assert_eq!(
-        n(&rig.stats().fills),
-        fills + 1,
-        "filled again from the source"
+    let rx = rig.miss(&a, 3, 9000);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "answered while its encode is held"
     );
     drop(held);
+    assert_eq!(answer(&rx), slice(&da, 3, 9000));
     let s = rig.stats();
-    wait_until("the encodes come back", || {
-        n(&s.compressions) + n(&s.compress_discarded) == COMPRESS_JOBS as u64
-    });
-    assert_eq!(n(&s.compress_discarded), 1);
+    assert_eq!(
+        n(&s.fills),
+        fills,
+        "served from the encoded chunk, not read again"
+    );
+    assert_eq!(n(&s.compress_discarded), 0);
     assert_eq!(rig.read(&a, 3, 9000), slice(&da, 3, 9000));
 }
 
@@ -119,8 +124,8 @@ fn a_chunk_read_during_its_encode_is_filled_again_and_the_encode_discarded() {
 fn shutdown_waits_for_the_encodes_in_flight() {
     let (mut rig, gate) = rig_with_gate();
     rig.start();
-    let (a, da) = text_file(&rig, "a", 8, 1);
-    let (b, db) = text_file(&rig, "b", 16, 2);
+    let (a, da) = text_file(&rig, "a", POOL, 1);
+    let (b, db) = text_file(&rig, "b", 2 * POOL, 2);
     warm(&rig, &a, &da);
     let held = gate.lock();
     churn(&rig, &b, &db);

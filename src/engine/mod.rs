@@ -319,7 +319,10 @@ impl Engine {
                         file: src.file_id,
                         chunk,
                     };
-                    if !self.in_flight.contains_key(&key) && !self.shared.index.contains(key) {
+                    if !self.in_flight.contains_key(&key)
+                        && !self.shared.index.contains(key)
+                        && !self.is_compressing(key)
+                    {
                         if self.start_fill(&src, key, fh).is_none() {
                             break;
                         }
