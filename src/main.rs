@@ -81,6 +81,18 @@ struct MountArgs {
     /// only while mounted) or `off` (no store: every read goes through the daemon)
     #[arg(long, default_value = "default", value_parser = StoreMode::parse)]
     store: StoreMode,
+    /// Opening one member of a model set (numbered shards, a safetensors index, an ollama
+    /// manifest) prefetches the others into free room: on or off
+    #[arg(long, default_value = "on", value_parser = on_off)]
+    prefetch_sets: bool,
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, not {s}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -145,6 +157,7 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
     cfg.cache_mode = a.cache_mode;
     cfg.compress = a.compress;
     cfg.store = a.store;
+    cfg.prefetch_sets = a.prefetch_sets;
     // Signals are caught before mounting so a Ctrl+C during start-up still unmounts.
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
     let handle = signals.handle();
