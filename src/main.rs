@@ -83,7 +83,7 @@ struct MountArgs {
     store: StoreMode,
     /// Opening one member of a model set (numbered shards, a safetensors index, an ollama
     /// manifest) prefetches the others into free room: on or off
-    #[arg(long, default_value = "on", value_parser = on_off)]
+    #[arg(long, default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     prefetch_sets: bool,
 }
 

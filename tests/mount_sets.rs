@@ -375,3 +375,60 @@ fn prefetch_sets_off_prefetches_nothing() {
     );
     m.unmount().expect("unmount");
 }
+
+/// Part 4: the daemon's log says what a set prefetch did (found, members, bytes, time).
+#[test]
+fn the_log_says_what_a_set_prefetch_did() {
+    let _turn = serial();
+    let dirs = Dirs::new();
+    make_shards(&dirs.src, 3, 4 << 20);
+    let mut d = Daemon::start(&dirs.src, &dirs.mnt, &["--pool", "128M", "--store", "off"]);
+    peek(&dirs.mnt.join(shard(1, 3)));
+    let deadline = Instant::now() + WAIT;
+    while !d.stderr().contains("SET x-*-of-00003.gguf done") {
+        assert!(
+            Instant::now() < deadline,
+            "no SET done line:\n{}",
+            d.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(1500)); // one heartbeat
+    let log = d.stderr();
+    assert!(
+        log.contains("SET x-*-of-00003.gguf: 3 members, 8 MiB queued, 0 skipped"),
+        "{log}"
+    );
+    assert!(
+        log.contains("SET x-*-of-00003.gguf done: 2 members, 8 MiB in "),
+        "{log}"
+    );
+    assert!(log.contains("GB/s)"), "{log}");
+    assert!(
+        log.contains("SETS 1 found, 2 member(s) queued, 8 MiB prefetched"),
+        "{log}"
+    );
+    d.signal(libc::SIGTERM);
+    assert!(
+        d.finish(Duration::from_secs(60))
+            .is_some_and(|s| s.success())
+    );
+}
+
+#[test]
+fn a_bad_prefetch_sets_value_is_one_line() {
+    let out = run_cli(
+        &[
+            "mount".as_ref(),
+            "/nonexistent-src".as_ref(),
+            "/nonexistent-mnt".as_ref(),
+            "--prefetch-sets".as_ref(),
+            "maybe".as_ref(),
+        ],
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("expected on or off"), "{err}");
+}

@@ -155,20 +155,23 @@ impl Worker {
             reopener: &self.reopener,
             who: t.who,
         };
-        let Some(found) = set_members::find(&ctx, t.dir_ino, &t.name, &t.kind) else {
-            return;
-        };
-        let key = format!("{}/{}", t.dir_ino, found.label);
         let now = Instant::now();
         if self.recent.len() > 1024 {
             self.recent
                 .retain(|_, at| now.duration_since(*at) < REPEAT_AFTER);
         }
-        if self
-            .recent
-            .get(&key)
-            .is_some_and(|at| now.duration_since(*at) < REPEAT_AFTER)
-        {
+        // A file found in no set is not looked at again for a while either (a directory of
+        // `.safetensors` files without an index would be listed at every open).
+        let alone = format!("{}/{}", t.dir_ino, t.name);
+        if self.seen_lately(&alone, now) {
+            return;
+        }
+        let Some(found) = set_members::find(&ctx, t.dir_ino, &t.name, &t.kind) else {
+            self.recent.insert(alone, now);
+            return;
+        };
+        let key = format!("{}/{}", t.dir_ino, found.label);
+        if self.seen_lately(&key, now) {
             return;
         }
         self.recent.insert(key.clone(), now);
@@ -180,6 +183,12 @@ impl Worker {
         drop(t);
         self.prefetch(found, reserve);
         self.recent.insert(key, Instant::now());
+    }
+
+    fn seen_lately(&self, key: &str, now: Instant) -> bool {
+        self.recent
+            .get(key)
+            .is_some_and(|at| now.duration_since(*at) < REPEAT_AFTER)
     }
 
     /// Bytes a first-time admission may take now: free arena slabs and idle store files opened
