@@ -644,6 +644,11 @@ impl Mounted {
         snapshot(&self.shared)
     }
 
+    /// The directory of this mount's store files (None: no store).
+    pub fn store_dir(&self) -> Option<PathBuf> {
+        self.shared.store.as_ref().map(|s| s.path.clone())
+    }
+
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
     }

@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// it compares like with like. Other depths show how the disk scales.
     #[arg(long)]
     pub source_qd: Option<usize>,
+    /// File sizes of the resident rows (store + passthrough against the page cache), comma-separated
+    /// (default 1GiB,4GiB, each only if memory allows; --quick: 32MiB; 0: none)
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    pub resident_sizes: Option<Vec<u64>>,
     /// Never drop the system's page cache (the cold rows are then skipped)
     #[arg(long)]
     pub no_drop_caches: bool,

@@ -66,6 +66,8 @@ pub(crate) struct Measured {
     /// Peak RSS before the mmap rows (whose file mappings count in it).
     pub(crate) peak_before_mmap: u64,
     pub(crate) cpu: CpuBaseline,
+    pub(crate) resident: Vec<crate::resident::Resident>,
+    pub(crate) resident_notes: Vec<String>,
 }
 
 /// The run's report. `workdir` is the temporary directory the run used.
@@ -102,7 +104,13 @@ pub(crate) fn report(
         memory,
         page_cache: m.page_cache,
         targets: targets(plan),
-        notes: plan.notes.clone(),
+        resident: m.resident,
+        notes: plan
+            .notes
+            .iter()
+            .chain(&m.resident_notes)
+            .cloned()
+            .collect(),
     }
 }
 

@@ -48,6 +48,9 @@ pub(crate) struct Bench<'a> {
     pub(crate) warm: bool,
     pub(crate) null: Option<(NullMount, CacheMode)>,
     pub(crate) last_stats: Option<StatsSnapshot>,
+    /// What the resident rows found beside their throughput (see `resident`).
+    pub(crate) resident_runs: Vec<crate::resident::Resident>,
+    pub(crate) resident_notes: Vec<String>,
 }
 
 /// Drops the page-cache pages of these files (between passes of a warm row).
@@ -77,6 +80,8 @@ impl<'a> Bench<'a> {
             warm: false,
             null: None,
             last_stats: None,
+            resident_runs: Vec::new(),
+            resident_notes: Vec::new(),
         }
     }
 }
@@ -126,6 +131,9 @@ impl Bench<'_> {
         c.readahead_bytes = self.plan.readahead;
         c.threads = self.plan.timing.fuse_threads;
         c.cache_mode = mode;
+        // The main rows measure the daemon's own path (arena hits, fills); the store and its
+        // passthrough have rows of their own (`resident.rs`).
+        c.store = nitro_uring::store::StoreMode::Off;
         c
     }
 
@@ -160,26 +168,8 @@ impl Bench<'_> {
         self.fresh_mount(CacheMode::Direct)?;
         let files = self.files_of(Target::Mount);
         workload::seq_read(&files, SEQ_BLOCK, &self.ctx("filling the arena".into()))?;
-        self.wait_for_store();
         self.warm = true;
         Ok(())
-    }
-
-    /// Files that fit the store are filled into it whole after their first open; warm rows must
-    /// find them complete, so their next opens are passthrough (bounded: a store fill that cannot
-    /// finish leaves those files to the daemon, which the rows then measure).
-    fn wait_for_store(&self) {
-        let Some((m, _)) = self.mount.as_ref() else {
-            return;
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-        loop {
-            let s = m.stats();
-            if s.store_files == s.store_complete_files || std::time::Instant::now() > deadline {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
     }
 
     pub(crate) fn null_mount(&mut self, mode: CacheMode) -> Result<()> {

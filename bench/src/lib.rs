@@ -28,6 +28,7 @@ mod harness;
 pub mod nullfs;
 mod plan;
 pub mod report;
+pub mod resident;
 mod rounds;
 mod rows;
 mod run;

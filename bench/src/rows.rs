@@ -15,7 +15,7 @@ use crate::sys;
 use crate::workload::{self, Ctx};
 
 /// Workload ids and labels, in report order.
-pub const WORKLOADS: [(&str, &str); 11] = [
+pub const WORKLOADS: [(&str, &str); 12] = [
     ("cold-seq", "cold seq read 1 MiB"),
     ("arena-seq", "warm arena seq 1 MiB"),
     ("pagecache-seq", "page-cache hit seq 1 MiB"),
@@ -27,6 +27,8 @@ pub const WORKLOADS: [(&str, &str); 11] = [
     ("mmap-rand", "mmap random 4 KiB"),
     ("load-cold", "model load, cold"),
     ("load-warm", "model load, warm arena"),
+    // One row per file size and read shape (`resident.rs`); this id selects them all.
+    ("resident", "resident re-open (store + passthrough)"),
 ];
 
 pub(crate) const SEQ_BLOCK: usize = 1 << 20;
@@ -252,27 +254,7 @@ impl Bench<'_> {
             return Ok(());
         }
         self.null_mount(CacheMode::Direct)?;
-        let mut entries: Vec<(RowSpec<'static>, Runner)> = Vec::new();
-        for t in [Target::Source, Target::Mount, Target::Ceiling] {
-            let state = match t {
-                Target::Source => "all page caches dropped",
-                Target::Mount => "all page caches dropped, fresh mount (empty arena)",
-                Target::Ceiling => "all page caches dropped",
-            };
-            let files = self.load_order(t);
-            entries.push((
-                RowSpec {
-                    workload: id,
-                    label: label_of(id),
-                    target: t.name(),
-                    cache_mode: if t == Target::Source { "-" } else { "direct" },
-                    state,
-                    threads: 1,
-                    block_bytes: LOAD_BLOCK as u64,
-                },
-                Box::new(move |c: &Ctx<'_>, _| workload::model_load(&files, LOAD_BLOCK, c)),
-            ));
-        }
+        let entries = self.load_entries(id, None);
         self.cold_rounds(entries)
     }
 
@@ -280,14 +262,40 @@ impl Bench<'_> {
         self.warm_mount()?;
         self.null_mount(CacheMode::Direct)?;
         let per_round = self.plan.timing.seconds / self.plan.timing.rounds as f64;
+        let entries = self.load_entries(id, Some(per_round));
+        self.interleave(entries)
+    }
+
+    /// The model-load rows of every target: one load each run (cold), or loads repeated for
+    /// `warm_seconds` with the page cache dropped before each.
+    fn load_entries(
+        &self,
+        id: &'static str,
+        warm_seconds: Option<f64>,
+    ) -> Vec<(RowSpec<'static>, Runner)> {
         let mut entries: Vec<(RowSpec<'static>, Runner)> = Vec::new();
         for t in [Target::Source, Target::Mount, Target::Ceiling] {
-            let state = match t {
-                Target::Source => "source's page cache dropped before each pass (reads the disk)",
-                Target::Mount => "arena holds the source; mount's page cache dropped",
-                Target::Ceiling => "-",
+            let state = match (t, warm_seconds.is_some()) {
+                (Target::Source, false) | (Target::Ceiling, false) => "all page caches dropped",
+                (Target::Mount, false) => "all page caches dropped, fresh mount (empty arena)",
+                (Target::Source, true) => {
+                    "source's page cache dropped before each pass (reads the disk)"
+                }
+                (Target::Mount, true) => "arena holds the source; mount's page cache dropped",
+                (Target::Ceiling, true) => "-",
             };
             let files = self.load_order(t);
+            let run: Runner = match warm_seconds {
+                None => Box::new(move |c: &Ctx<'_>, _| workload::model_load(&files, LOAD_BLOCK, c)),
+                Some(secs) => Box::new(move |c: &Ctx<'_>, _| {
+                    workload::repeat(
+                        secs,
+                        c,
+                        || drop_list(&files),
+                        |c| workload::model_load(&files, LOAD_BLOCK, c),
+                    )
+                }),
+            };
             entries.push((
                 RowSpec {
                     workload: id,
@@ -298,17 +306,10 @@ impl Bench<'_> {
                     threads: 1,
                     block_bytes: LOAD_BLOCK as u64,
                 },
-                Box::new(move |c: &Ctx<'_>, _round: usize| {
-                    workload::repeat(
-                        per_round,
-                        c,
-                        || drop_list(&files),
-                        |c| workload::model_load(&files, LOAD_BLOCK, c),
-                    )
-                }),
+                run,
             ));
         }
-        self.interleave(entries)
+        entries
     }
 
     fn pagecache_seq(&mut self) -> Result<()> {
@@ -397,6 +398,9 @@ pub(crate) fn run_rows(b: &mut Bench<'_>) -> Result<u64> {
     }
     if selected(args, "pagecache-seq") {
         b.pagecache_seq()?;
+    }
+    if selected(args, "resident") {
+        b.resident()?;
     }
     b.check()?;
     Ok(peak_before_mmap)

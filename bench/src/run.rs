@@ -108,6 +108,8 @@ impl Run<'_> {
             stats,
             peak_before_mmap,
             cpu,
+            resident: std::mem::take(&mut b.resident_runs),
+            resident_notes: std::mem::take(&mut b.resident_notes),
         };
         let report = finish::report(args, &plan, &ws.root, machine, &self.started, measured);
         finish::publish(args, &report)

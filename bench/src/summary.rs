@@ -14,6 +14,7 @@ pub(crate) fn summary(r: &Report) -> String {
     let _ = context(&mut s, r);
     let _ = targets(&mut s, r);
     let _ = memory(&mut s, r);
+    let _ = resident(&mut s, r);
     let _ = warnings(&mut s, r);
     s
 }
@@ -96,6 +97,60 @@ fn memory(s: &mut String, r: &Report) -> std::fmt::Result {
         pct(r.page_cache.source_after_mount_cold_read),
         pct(r.page_cache.mount_after_keep_mode_reads)
     )
+}
+
+/// Resident files (store + passthrough) against the page cache, with the targets: every read shape
+/// ≥ 0.9× the source in the page cache, an mmap load adding ≤ 10% of the file to RAM, a restart
+/// reading < 5% of the file from the disk.
+fn resident(s: &mut String, r: &Report) -> std::fmt::Result {
+    for res in &r.resident {
+        let tag = crate::resident::size_tag(res.size_bytes);
+        let mut parts = Vec::new();
+        for shape in ["seq-1m", "seq-128k", "mmap"] {
+            let id = format!("resident-{tag}-{shape}");
+            let v = r
+                .ratios
+                .iter()
+                .find(|x| x.workload == id)
+                .and_then(|x| x.mount_over_source);
+            parts.push(match v {
+                Some(v) => format!(
+                    "{shape} {v:.2}× ({})",
+                    if v >= 0.9 { "meets" } else { "MISSES" }
+                ),
+                None => format!("{shape} n/a"),
+            });
+        }
+        let mem = res.mmap_memfree_drop_bytes as f64 / res.size_bytes.max(1) as f64;
+        writeln!(
+            s,
+            "resident {tag}: mount/source (page cache) {} (target ≥ 0.9×); mmap load added {} to RAM ({:.0}% of the file, target ≤ 10%); store filled {:.1} s after the first open; {} passthrough opens",
+            parts.join(", "),
+            human_bytes(res.mmap_memfree_drop_bytes.max(0) as u64),
+            mem * 100.0,
+            res.store_fill_seconds,
+            res.passthrough_opens
+        )?;
+        if let Some(rs) = &res.restart {
+            writeln!(
+                s,
+                "resident {tag} after a restart: first full read took {} from {} ({:.1}% of the file, target < 5%), daemon filled {}, {}",
+                human_bytes(rs.device_read_bytes),
+                rs.device,
+                rs.device_read_bytes as f64 * 100.0 / res.size_bytes.max(1) as f64,
+                human_bytes(rs.fill_bytes),
+                if rs.byte_exact {
+                    "byte-exact"
+                } else {
+                    "BYTES DIFFER"
+                }
+            )?;
+        }
+        for n in &res.notes {
+            writeln!(s, "note: resident {tag}: {n}")?;
+        }
+    }
+    Ok(())
 }
 
 /// Warm mount rows that missed, and the notes.

@@ -129,9 +129,9 @@ pub fn machine_busy_seconds() -> f64 {
     busy as f64 / tck
 }
 
-/// A `kB` field of /proc/self/status, in bytes.
-pub fn proc_status_bytes(field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+/// A `kB` field (`Name:   123 kB`) of a /proc file, in bytes.
+fn proc_kb_field(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
     let line = text
         .lines()
         .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
@@ -139,14 +139,27 @@ pub fn proc_status_bytes(field: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// A `kB` field of /proc/self/status, in bytes.
+pub fn proc_status_bytes(field: &str) -> Option<u64> {
+    proc_kb_field("/proc/self/status", field)
+}
+
+/// A `kB` field of /proc/meminfo (e.g. `MemFree`), in bytes.
+pub fn proc_meminfo_bytes(field: &str) -> Option<u64> {
+    proc_kb_field("/proc/meminfo", field)
+}
+
 /// A `kB` field of /proc/self/smaps_rollup (e.g. `AnonHugePages`), in bytes.
 pub fn smaps_rollup_bytes(field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    proc_kb_field("/proc/self/smaps_rollup", field)
+}
+
+/// Sectors (512 bytes) read so far by a block device named like `/dev/vda1`, from its
+/// `/sys/class/block/NAME/stat` (a partition's counts are its own). None when it has none.
+pub fn device_sectors_read(device: &str) -> Option<u64> {
+    let name = device.strip_prefix("/dev/")?.rsplit('/').next()?;
+    let text = std::fs::read_to_string(format!("/sys/class/block/{name}/stat")).ok()?;
+    text.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// Resets VmHWM (peak RSS) to the current RSS (`echo 5 > /proc/self/clear_refs`). Best effort.

@@ -317,6 +317,8 @@ pub struct Report {
     pub memory: Memory,
     pub page_cache: PageCache,
     pub targets: serde_json::Value,
+    /// Per file size of the resident rows: RAM of an mmap load, the store's fill, a restart.
+    pub resident: Vec<crate::resident::Resident>,
     pub notes: Vec<String>,
 }
 

@@ -84,6 +84,22 @@ pub fn mmap_seq(files: &[FileRef], piece: usize, ctx: &Ctx<'_>) -> Result<Measur
     Ok(clock.finish(bytes, ops, hist, "mmap, MADV_WILLNEED".into()))
 }
 
+/// MemFree before the file is mapped, minus MemFree while it is mapped and every page touched: the
+/// RAM an mmap load adds (a file already resident in the page cache or a passthrough store costs
+/// none; a FUSE mount in direct mode costs the file's size while mapped).
+pub fn mmap_memfree_drop(f: &FileRef) -> Result<i64> {
+    let free = || crate::sys::proc_meminfo_bytes("MemFree").map_or(0, |b| b as i64);
+    let before = free();
+    let (_file, map) = Mapping::new(f)?;
+    let sum = map
+        .bytes()
+        .iter()
+        .step_by(PAGE)
+        .fold(0u64, |a, &b| a.wrapping_add(u64::from(b)));
+    std::hint::black_box(sum);
+    Ok(before - free())
+}
+
 /// Random page touches through mappings of every file (MADV_RANDOM, so each fault brings in only
 /// what it touches): each sample copies one 4 KiB page never touched before in this run, so every
 /// sample is a fault, as a sparse reader of a mapped model would take. Runs for `budget` or until a

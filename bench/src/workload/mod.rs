@@ -12,7 +12,7 @@ mod random;
 mod ring;
 mod seq;
 
-pub use mmap::{mmap_rand, mmap_seq};
+pub use mmap::{mmap_memfree_drop, mmap_rand, mmap_seq};
 pub use progress::{Progress, human_bytes};
 pub use random::{RandomSpec, random_read};
 pub use ring::ring_seq_read;
@@ -107,7 +107,7 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if self.stop.load(Ordering::Relaxed) {
             bail!(Interrupted);
         }
