@@ -25,6 +25,8 @@ pub fn spawn(shared: Arc<Shared>) -> Option<(Sender<()>, JoinHandle<()>)> {
                     s.evictions.load(Ordering::Relaxed),
                     s.fill_errors.load(Ordering::Relaxed),
                     s.passthrough_opens.load(Ordering::Relaxed),
+                    s.set_members_queued.load(Ordering::Relaxed),
+                    s.set_prefetch_bytes.load(Ordering::Relaxed),
                 ]
             };
             let mut last = read();
@@ -35,7 +37,7 @@ pub fn spawn(shared: Arc<Shared>) -> Option<(Sender<()>, JoinHandle<()>)> {
                 }
                 let now = read();
                 // No allocation here: this runs while readers are being served.
-                let d: [u64; 6] = std::array::from_fn(|i| now[i] - last[i]);
+                let d: [u64; 8] = std::array::from_fn(|i| now[i] - last[i]);
                 last = now;
                 if d.iter().all(|&x| x == 0) {
                     continue;
@@ -55,6 +57,15 @@ pub fn spawn(shared: Arc<Shared>) -> Option<(Sender<()>, JoinHandle<()>)> {
                         d[5],
                         store.complete_files,
                         store.resident_bytes >> 20
+                    );
+                }
+                if d[6] > 0 || d[7] > 0 {
+                    // Set prefetch (fuse/set_prefetch.rs): totals so far.
+                    tracing::info!(
+                        "SETS {} found, {} member(s) queued, {} MiB prefetched",
+                        s.sets_found.load(Ordering::Relaxed),
+                        now[6],
+                        now[7] >> 20
                     );
                 }
                 if d[2] > 0 {

@@ -102,6 +102,9 @@ pub struct Slot {
 /// pack into the holes of packed slabs.
 pub const PIECES: usize = 8;
 
+/// The filler of a chunk read in ahead of any reader (a set prefetch): handle ids never reach it.
+pub const PREFETCHED: u64 = u64::MAX;
+
 /// A slot as seen by a pinned reader.
 #[derive(Clone, Copy, Debug)]
 pub struct SlotView {
@@ -281,10 +284,12 @@ impl Index {
         let s = &self.slots[slot as usize];
         s.pins.fetch_add(1, Ordering::Acquire);
         drop(shard);
-        if toucher != 0 && s.last_toucher.load(Ordering::Relaxed) != toucher {
+        let last = s.last_toucher.load(Ordering::Relaxed);
+        if toucher != 0 && last != toucher {
             s.last_toucher.store(toucher, Ordering::Relaxed);
             let f = s.freq.load(Ordering::Relaxed);
-            if f < 3 {
+            // A prefetched chunk's first reader is its first access, not a reuse.
+            if f < 3 && last != PREFETCHED {
                 // A lost race only loses one count; it is a hint.
                 s.freq.store(f + 1, Ordering::Relaxed);
             }
@@ -369,6 +374,8 @@ impl Index {
 
     /// Owner only: makes a filled slot visible to readers. `filler`: the handle whose read or
     /// prefetch brought the chunk in (its own accesses do not count as reuse).
+    /// `filler` is the handle that read the chunk in (its own accesses are not reuse), 0 for none,
+    /// or `PREFETCHED` (filled ahead of any reader: the next handle's first access is not reuse).
     pub fn publish(&self, slot: u32, key: Key, filler: u64) {
         let s = &self.slots[slot as usize];
         s.freq.store(0, Ordering::Relaxed);
@@ -434,6 +441,19 @@ mod tests {
 
     fn view(offset: u64) -> SlotView {
         SlotView::raw(Block { offset, pages: 1 }, 10)
+    }
+
+    #[test]
+    fn a_prefetched_chunks_first_reader_is_no_reuse() {
+        let index = Index::new(8, 4);
+        let key = Key { file: 1, chunk: 0 };
+        index.set(2, key, view(0));
+        index.publish(2, key, PREFETCHED);
+        drop(index.pin(key, 5));
+        drop(index.pin(key, 5));
+        assert_eq!(index.freq(2), 0, "the first reader after a prefetch");
+        drop(index.pin(key, 6));
+        assert_eq!(index.freq(2), 1, "a second handle is a reuse");
     }
 
     #[test]

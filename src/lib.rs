@@ -11,5 +11,6 @@ pub mod index;
 pub mod logging;
 pub mod mount;
 pub mod policy;
+pub mod sets;
 pub mod size;
 pub mod store;

@@ -85,6 +85,18 @@ struct MountArgs {
     /// picks a free port, logged as METRICS)
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Opening one member of a model set (numbered shards, a safetensors index, an ollama
+    /// manifest) prefetches the others into free room: on or off
+    #[arg(long, default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    prefetch_sets: bool,
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, not {s}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -150,6 +162,7 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
     cfg.compress = a.compress;
     cfg.store = a.store;
     cfg.metrics = a.metrics;
+    cfg.prefetch_sets = a.prefetch_sets;
     // Signals are caught before mounting so a Ctrl+C during start-up still unmounts.
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
     let handle = signals.handle();

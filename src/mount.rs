@@ -47,6 +47,8 @@ pub struct MountConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// Serve the control socket (warm, pin, evict, stats).
     pub control: bool,
+    /// Opening one member of a model set prefetches the others (`--prefetch-sets`).
+    pub prefetch_sets: bool,
 }
 
 impl MountConfig {
@@ -69,6 +71,7 @@ impl MountConfig {
             store: StoreMode::Default,
             metrics: None,
             control: true,
+            prefetch_sets: true,
         }
     }
 }
@@ -105,6 +108,11 @@ pub struct StatsSnapshot {
     pub store_complete_files: u64,
     pub store_bytes: u64,
     pub passthrough_opens: u64,
+    /// Model sets found, members queued, bytes prefetched, set prefetches finished.
+    pub sets_found: u64,
+    pub set_members_queued: u64,
+    pub set_prefetch_bytes: u64,
+    pub sets_done: u64,
 }
 
 pub fn snapshot(shared: &Shared) -> StatsSnapshot {
@@ -118,6 +126,10 @@ pub fn snapshot(shared: &Shared) -> StatsSnapshot {
         store_complete_files: store.complete_files,
         store_bytes: store.resident_bytes,
         passthrough_opens: r(&s.passthrough_opens),
+        sets_found: r(&s.sets_found),
+        set_members_queued: r(&s.set_members_queued),
+        set_prefetch_bytes: r(&s.set_prefetch_bytes),
+        sets_done: r(&s.sets_done),
         hits: r(&s.hits),
         misses: r(&s.misses),
         fills: r(&s.fills),
@@ -559,6 +571,7 @@ impl Mounted {
             // look like reuse to the policy. Only matters for tiny pools.
             readahead_bytes: cfg.readahead_bytes.min(cfg.pool_bytes / 16),
             attr_ttl: Duration::from_secs(1),
+            prefetch_sets: cfg.prefetch_sets,
         };
         let mut options = vec![
             MountOption::FSName(format!("nitro-uring:{}", source.display())),

@@ -143,6 +143,12 @@ impl Entry {
     pub fn uses(&self) -> u64 {
         self.uses.load(Ordering::Relaxed)
     }
+
+    /// Made by a set prefetch, not an open: the first real open is its first use, so a set
+    /// loaded once stays on probation like any file read once.
+    pub fn clear_uses(&self) {
+        self.uses.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Gauges for stats and the heartbeat.
@@ -571,7 +577,7 @@ impl Store {
         Some(e)
     }
 
-    /// The entry of a version, if stored, without counting a use (reports).
+    /// The entry of a version, if stored, without counting a use (reports, a set prefetch looking).
     pub fn peek(&self, stamp: &Stamp) -> Option<Arc<Entry>> {
         self.state.lock().entries.get(stamp).cloned()
     }
@@ -583,6 +589,17 @@ impl Store {
             .values()
             .map(|e| (e.stamp, e.filled_bytes(), e.is_complete()))
             .collect()
+    }
+
+    /// Bytes of the idle entries opened at most `max_uses` times: what a first-time admission may
+    /// take from the store besides free room.
+    pub fn reclaimable_bytes(&self, max_uses: u64) -> u64 {
+        let st = self.state.lock();
+        st.entries
+            .values()
+            .filter(|e| Arc::strong_count(e) == 1 && e.uses() <= max_uses)
+            .map(|e| u64::from(e.slabs) * self.slab_bytes)
+            .sum()
     }
 
     /// Slabs the entries hold now.

@@ -71,6 +71,19 @@ impl Engine {
                 Dest::Arena { slot, block }
             }
         };
+        Some(self.launch_fill(f, src, key, filler, want, dest))
+    }
+
+    /// Starts the read of fill slot `f` into `dest` (allocated by the caller).
+    pub(super) fn launch_fill(
+        &mut self,
+        f: u32,
+        src: &Arc<Source>,
+        key: Key,
+        filler: u64,
+        want: usize,
+        dest: Dest,
+    ) -> u32 {
         let direct = src.direct;
         self.fills[f as usize] = Some(Fill {
             key,
@@ -90,7 +103,7 @@ impl Engine {
         }
         self.submit(f);
         self.shared.stats.fills.fetch_add(1, Ordering::Relaxed);
-        Some(f)
+        f
     }
 
     /// Submits the next read of a fill: the rest of its chunk, from `done_bytes` on.
@@ -199,6 +212,7 @@ impl Engine {
             self.fail_fill(fill, errno);
             return;
         }
+        self.set_fill_done(fill.key, Some(fill.want_bytes));
         if !fill.direct
             && let Ok(fd) = fill.src.buffered_fd()
         {
@@ -262,6 +276,7 @@ impl Engine {
     /// Discards a fill that did not produce this version's bytes: block and slot freed, nothing
     /// published, every waiter gets `errno`.
     pub(super) fn fail_fill(&mut self, fill: Fill, errno: i32) {
+        self.set_fill_done(fill.key, None);
         match &fill.dest {
             Dest::Arena { slot, block } => {
                 // SAFETY: a failed fill's block was never published; only this fill used it, and

@@ -31,6 +31,7 @@ mod compress;
 mod control;
 mod evict;
 mod fill;
+mod prefetch_set;
 mod request;
 mod shared;
 mod source;
@@ -38,6 +39,7 @@ mod store_fill;
 mod uncached;
 
 pub use control::{Admitted, Control, Evicted};
+pub use prefetch_set::SetTicket;
 pub use shared::{Copied, Shared, Stats, decode_into};
 pub use source::{Source, Stamp, fd_stamp};
 
@@ -104,6 +106,12 @@ pub enum Msg {
     },
     /// From the control channel (warm, pin, evict): see `control.rs`.
     Control(Control),
+    /// A member of a model set, prefetched into free room only (see `prefetch_set`); the ticket
+    /// says when the engine is done with it.
+    SetMember {
+        src: Arc<Source>,
+        ticket: Arc<SetTicket>,
+    },
     Shutdown,
 }
 
@@ -135,6 +143,8 @@ pub struct Engine {
     readahead_fills: usize,
     /// Versions being filled whole into the store, with the next chunk to start.
     store_jobs: VecDeque<(Arc<Source>, u64)>,
+    /// Set members waiting for arena fills, and the fills that are theirs.
+    sets: prefetch_set::Sets,
     uncached: Vec<Uncached>,
     free_uncached: Vec<u32>,
     /// Uncached reads waiting for a slot.
@@ -190,6 +200,7 @@ impl Engine {
             },
             readahead_fills: max_fills.saturating_sub(max_fills / 4).max(1),
             store_jobs: VecDeque::new(),
+            sets: prefetch_set::Sets::default(),
             uncached: (0..UNCACHED_SLOTS)
                 .map(|_| Uncached {
                     buf: vec![0; shared.max_request_bytes.max(4096)].into_boxed_slice(),
@@ -226,6 +237,7 @@ impl Engine {
             self.drain_backlog();
             if open {
                 self.pump_store();
+                self.pump_sets();
             }
             if !open && self.ring.in_flight() == 0 && self.compressing() == 0 {
                 break;
@@ -243,6 +255,7 @@ impl Engine {
         }
         // Whatever is still parked gets an error rather than hanging the reader.
         self.fail_parked();
+        self.drop_sets();
         Ok(())
     }
 
@@ -272,6 +285,7 @@ impl Engine {
         *self.shared.death.lock() = Some(reason);
         self.shared.dead.store(true, Ordering::SeqCst);
         self.fail_parked();
+        self.drop_sets();
         loop {
             match self.rx.recv() {
                 Ok(Msg::Read { reply, .. }) => reply.error(libc::EIO),
@@ -336,6 +350,7 @@ impl Engine {
             Msg::Purge { file_id } => self.purge(file_id),
             Msg::Store { src, reused } => self.admit(src, reused),
             Msg::Control(c) => self.control(c),
+            Msg::SetMember { src, ticket } => self.set_member(src, ticket),
             Msg::DropCorrupt { key } => self.drop_key(key),
             Msg::Shutdown => {}
         }

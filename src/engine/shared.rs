@@ -45,6 +45,13 @@ pub struct Stats {
     pub decode_errors: AtomicU64,
     /// Opens answered with passthrough to a store file (their reads never reach the daemon).
     pub passthrough_opens: AtomicU64,
+    /// Model sets found on an open, members queued for prefetch, and bytes their prefetch put
+    /// in the cache (see `fuse::set_prefetch`).
+    pub sets_found: AtomicU64,
+    pub set_members_queued: AtomicU64,
+    pub set_prefetch_bytes: AtomicU64,
+    /// Set prefetches finished (every queued member done or given up).
+    pub sets_done: AtomicU64,
 }
 
 /// What the FUSE front and the engine share.

@@ -14,6 +14,8 @@ pub mod catalog;
 mod nodes;
 mod passthrough;
 mod read;
+mod set_members;
+mod set_prefetch;
 pub mod sys;
 mod versions;
 
@@ -63,6 +65,8 @@ pub struct Options {
     pub cache_mode: CacheMode,
     pub readahead_bytes: u64,
     pub attr_ttl: Duration,
+    /// Opening a member of a model set prefetches the others (`set_prefetch`).
+    pub prefetch_sets: bool,
 }
 
 /// A directory listing taken at opendir: (name, source inode, type).
@@ -86,6 +90,8 @@ pub struct NitroFs {
     dirs: Mutex<std::collections::HashMap<u64, Arc<DirList>>>,
     next_fh: AtomicU64,
     next_file_id: Arc<AtomicU64>,
+    /// Prefetch of model sets (None: `--prefetch-sets off`).
+    sets: Option<set_prefetch::SetPrefetch>,
     /// Set once the session exists; used to drop the kernel's cached attributes of a changed file.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// The kernel took FUSE_PASSTHROUGH and backing files are accepted (see `passthrough`).
@@ -110,23 +116,40 @@ impl NitroFs {
         telemetry: Arc<crate::control::telemetry::Telemetry>,
     ) -> std::io::Result<NitroFs> {
         // More versions than slots can never all have chunks cached.
-        let registry = versions::Registry::new(shared.index.slot_count() as usize * 2);
+        let registry = Arc::new(versions::Registry::new(
+            shared.index.slot_count() as usize * 2,
+        ));
         let limit = sys::raise_nofile_limit();
         tracing::debug!("descriptor limit {limit}");
+        let nodes = Arc::new(Nodes::new(root)?);
+        let next_file_id = Arc::new(AtomicU64::new(1));
+        let sets = if opts.prefetch_sets {
+            Some(set_prefetch::SetPrefetch::start(set_prefetch::Deps {
+                nodes: nodes.clone(),
+                shared: shared.clone(),
+                tx: tx.clone(),
+                waker: waker.clone(),
+                registry: registry.clone(),
+                next_file_id: next_file_id.clone(),
+            })?)
+        } else {
+            None
+        };
         Ok(NitroFs {
             shared,
             tx,
             waker,
             opts,
-            nodes: Arc::new(Nodes::new(root)?),
+            nodes,
             reopener: Reopener::new()?,
-            registry: Arc::new(registry),
+            registry,
+            sets,
             handles: (0..HANDLE_SHARDS)
                 .map(|_| RwLock::new(std::collections::HashMap::new()))
                 .collect(),
             dirs: Mutex::new(std::collections::HashMap::new()),
             next_fh: AtomicU64::new(1),
-            next_file_id: Arc::new(AtomicU64::new(1)),
+            next_file_id,
             notifier,
             passthrough: std::sync::atomic::AtomicBool::new(false),
             telemetry,
@@ -450,7 +473,7 @@ impl Filesystem for NitroFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if self.shared.dead.load(Ordering::Relaxed) {
             return reply.error(Errno::EIO); // the fill engine died (see `Engine::die`)
         }
@@ -489,6 +512,13 @@ impl Filesystem for NitroFs {
             let _ = n.inval_inode(ino, -1, 0);
         }
         self.attach_store(&opened);
+        if let Some(sets) = &self.sets {
+            let who = set_members::Opener {
+                uid: req.uid(),
+                gid: req.gid(),
+            };
+            sets.opened(&self.nodes, ino.0, &node.name, who, &opened.src);
+        }
         let choice = passthrough::choose(&node, &opened.src, &self.passthrough, |e| {
             let store = self
                 .shared

@@ -411,6 +411,14 @@ impl Nodes {
         }
     }
 
+    /// The directory the kernel last found `ino` in (None for the root, or a node it forgot).
+    pub fn parent_of(&self, ino: u64) -> Option<u64> {
+        if ino == INodeNo::ROOT.0 {
+            return None;
+        }
+        self.table.read().by_ino.get(&ino).map(|e| e.parent)
+    }
+
     /// Nodes in the table.
     pub fn count(&self) -> usize {
         self.table.read().by_ino.len()

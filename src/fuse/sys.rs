@@ -88,6 +88,10 @@ pub fn is_reg(st: &Statx) -> bool {
     u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFREG
 }
 
+pub fn is_dir(st: &Statx) -> bool {
+    u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFDIR
+}
+
 /// Re-opens the object behind an `O_PATH` descriptor for I/O, through `/proc/self/fd/N`: the
 /// kernel jumps straight to the object, so no name is resolved and no symlink followed.
 pub struct Reopener {

@@ -63,6 +63,8 @@ struct Current {
     header: (Option<Arc<Layout>>, DtypeHint),
     /// The name it was opened by (for the control channel's top list).
     name: Arc<str>,
+    /// Made by a set prefetch and not opened since: the next open is its first (not a reuse).
+    prefetched: bool,
 }
 
 impl Versions {
@@ -82,9 +84,20 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The open version with this stamp, if it is stable and some handle still holds it.
-    fn shared(&self, stamp: Stamp) -> Option<Arc<Source>> {
-        Self::live(&self.map.lock(), stamp)
+    /// The open version with this stamp, if it is stable and some handle still holds it, and
+    /// whether this open is its first (it was made by a set prefetch).
+    fn shared(&self, stamp: Stamp) -> Option<(Arc<Source>, bool)> {
+        let mut map = self.map.lock();
+        let src = Self::live(&map, stamp)?;
+        Some((src, Self::take_prefetched(&mut map, stamp)))
+    }
+
+    fn take_prefetched(
+        map: &mut std::collections::HashMap<(u64, u64), Current>,
+        stamp: Stamp,
+    ) -> bool {
+        map.get_mut(&(stamp.0, stamp.1))
+            .is_some_and(|c| std::mem::take(&mut c.prefetched))
     }
 
     fn live(
@@ -165,8 +178,8 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
         .path_fd()
         .and_then(|fd| sys::statx(fd.as_fd()))
         .map_err(errno)?;
-    if let Some(src) = ctx.registry.shared(sys::stamp(&st)) {
-        return Ok(share(node, src, st));
+    if let Some((src, first)) = ctx.registry.shared(sys::stamp(&st)) {
+        return Ok(share(node, src, st, !first));
     }
     // A new `Source`: open the object for reading (one descriptor, O_DIRECT where the filesystem
     // takes it) and take the stamp of what was opened.
@@ -207,11 +220,12 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
     let mut map = ctx.registry.map.lock();
     // Another open of the same version may have won the race while we read the header.
     if let Some(src) = Registry::live(&map, stamp) {
+        let first = Registry::take_prefetched(&mut map, stamp);
         drop(map);
-        return Ok(share(node, src, st));
+        return Ok(share(node, src, st, !first));
     }
     let same = map.get(&identity).filter(|c| c.stable && c.stamp == stamp);
-    let reused = same.is_some();
+    let reused = same.is_some_and(|c| !c.prefetched);
     // An unchanged, stable version whose handles all closed keeps its cache id and chunks.
     let (file_id, compress_logged) = match same {
         Some(c) => (c.file_id, c.compress_logged.clone()),
@@ -254,6 +268,7 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
             compress_logged,
             header: (layout, default_hint),
             name: node.name.clone(),
+            prefetched: false,
         },
     );
     drop(map);
@@ -289,13 +304,13 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
 }
 
 /// An open that shares a live version: nothing to purge, nothing changed.
-fn share(node: &Node, src: Arc<Source>, st: Statx) -> (Opened, Vec<u64>) {
+fn share(node: &Node, src: Arc<Source>, st: Statx, reused: bool) -> (Opened, Vec<u64>) {
     node.versions.lock().last = Arc::downgrade(&src);
     let opened = Opened {
         src,
         st,
         changed: false,
-        reused: true,
+        reused,
         stable: true,
     };
     (opened, Vec::new())
@@ -337,4 +352,114 @@ pub fn release_cached(node: &Node, file_id: u64) {
             v.cached_handles.swap_remove(i);
         }
     }
+}
+
+/// Why a set member got no version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberSkip {
+    /// Not a regular file, or it could not be opened.
+    Unreadable,
+    /// Changed in the last `RACY_WINDOW`: it may still be being written.
+    Changing,
+    /// A different version than the one the registry knows: its next open sorts that out.
+    Changed,
+}
+
+/// The version a set prefetch fills for a member the kernel has not opened: the live one if an
+/// open holds it, else a new `Source` registered as the open would make it (same cache id for an
+/// unchanged version), so the member's first real open shares or finds its cached chunks.
+/// `path_fd` is the member's `O_PATH` descriptor (checked by the caller), `want` its stamp then.
+pub fn open_member(
+    path_fd: std::os::fd::BorrowedFd<'_>,
+    name: &Arc<str>,
+    want: Stamp,
+    ctx: &Ctx<'_>,
+) -> Result<Arc<Source>, MemberSkip> {
+    let live = Registry::live(&ctx.registry.map.lock(), want);
+    if let Some(src) = live {
+        return Ok(src);
+    }
+    let (fd, direct) = match ctx.reopener.open_read(path_fd, true) {
+        Ok(fd) => (fd, true),
+        Err(_) => (
+            ctx.reopener
+                .open_read(path_fd, false)
+                .map_err(|_| MemberSkip::Unreadable)?,
+            false,
+        ),
+    };
+    let st = sys::statx(fd.as_fd()).map_err(|_| MemberSkip::Unreadable)?;
+    if !sys::is_reg(&st) || sys::stamp(&st) != want {
+        return Err(MemberSkip::Unreadable);
+    }
+    if !is_stable(&st, SystemTime::now()) {
+        return Err(MemberSkip::Changing);
+    }
+    let known = ctx
+        .registry
+        .map
+        .lock()
+        .get(&(want.0, want.1))
+        .filter(|c| c.stable && c.stamp == want)
+        .map(|c| c.header.clone());
+    let (layout, default_hint) = match known {
+        Some(h) => h,
+        None => {
+            let (l, hint) = match ctx.reopener.open_read(path_fd, false) {
+                Ok(b) => super::read_layout(&b, name, st.stx_size),
+                Err(_) => (None, DtypeHint::Unknown),
+            };
+            (l.map(Arc::new), hint)
+        }
+    };
+    let mut map = ctx.registry.map.lock();
+    if let Some(src) = Registry::live(&map, want) {
+        return Ok(src);
+    }
+    let (file_id, compress_logged, prefetched) = match map.get(&(want.0, want.1)) {
+        Some(c) if c.stable && c.stamp == want => {
+            (c.file_id, c.compress_logged.clone(), c.prefetched)
+        }
+        Some(_) => return Err(MemberSkip::Changed),
+        None => (
+            ctx.next_file_id.fetch_add(1, Ordering::Relaxed),
+            Arc::new(AtomicBool::new(false)),
+            true,
+        ),
+    };
+    let src = Arc::new(Source {
+        file_id,
+        fd,
+        direct,
+        buffered: std::sync::OnceLock::new(),
+        size: st.stx_size,
+        name: name.clone(),
+        // No kernel inode yet: nothing of the kernel's is invalidated for a member.
+        fuse_ino: 0,
+        layout: layout.clone(),
+        default_hint,
+        compressed_logical_bytes: AtomicU64::new(0),
+        compressed_stored_bytes: AtomicU64::new(0),
+        compression_logged: compress_logged.clone(),
+        stamp: want,
+        stale: AtomicBool::new(false),
+        store: std::sync::OnceLock::new(),
+    });
+    if map.len() >= ctx.registry.limit && !map.contains_key(&(want.0, want.1)) {
+        map.retain(|_, c| c.source.strong_count() > 0);
+    }
+    map.insert(
+        (want.0, want.1),
+        Current {
+            stamp: want,
+            file_id,
+            stable: true,
+            source: Arc::downgrade(&src),
+            compress_logged,
+            header: (layout, default_hint),
+            name: name.clone(),
+            prefetched,
+        },
+    );
+    Ok(src)
 }
