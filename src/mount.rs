@@ -88,6 +88,11 @@ pub struct StatsSnapshot {
     pub invalidations: u64,
     pub uncached_reads: u64,
     pub compressions: u64,
+    /// Victims from main evicted uncompressed (compression queue full), encodes thrown away (the
+    /// chunk was read again meanwhile), chunks the policy kept out of main (see `engine::Stats`).
+    pub compress_dropped: u64,
+    pub compress_discarded: u64,
+    pub admissions_refused: u64,
     pub decode_errors: u64,
     /// Logical bytes the resident compressed chunks stand for, and the arena bytes they take.
     pub encoded_logical_bytes: u64,
@@ -135,6 +140,9 @@ pub fn snapshot(shared: &Shared) -> StatsSnapshot {
         invalidations: r(&s.invalidations),
         uncached_reads: r(&s.uncached_reads),
         compressions: r(&s.compressions),
+        compress_dropped: r(&s.compress_dropped),
+        compress_discarded: r(&s.compress_discarded),
+        admissions_refused: r(&s.admissions_refused),
         decode_errors: r(&s.decode_errors),
         encoded_logical_bytes: r(&s.encoded_logical_bytes),
         encoded_stored_bytes: r(&s.encoded_stored_bytes),

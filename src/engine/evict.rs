@@ -5,16 +5,15 @@
 //! (`Index::try_remove`); the policy just names candidates and the engine skips pinned ones.
 //! Why compress at retirement: a chunk leaving the main queue was reused, so keeping it compressed
 //! is likely to pay, while a one-pass scan leaves from the small queue and costs no encode work.
+//! The encode runs on the compression worker (`compress.rs`), never on this thread.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::Weak;
 use std::sync::atomic::Ordering;
 
-use super::{CompressMode, Engine};
-use crate::arena::{Block, PAGE_BYTES};
-use crate::codec::{self, Codec, DtypeHint};
-use crate::index::{Form, FxHasher, Key, PIECES, SlotView, pack_block};
+use super::Engine;
+use crate::arena::Block;
+use crate::index::{Form, FxHasher, Key, SlotView};
 
 /// A slot the engine took out of the index on the policy's offer, with what it held (the engine
 /// frees the block or compresses it).
@@ -23,6 +22,8 @@ pub(super) struct Victim {
     pub(super) view: SlotView,
     /// It left the policy's main queue (it had been reused); a compressed tier may keep it.
     pub(super) from_main: bool,
+    /// Its sample said it compresses (`would_keep` when it was filled).
+    pub(super) keeps: bool,
 }
 
 /// The resident slots of each file id, so that a purge visits that file's slots only. One entry per
@@ -116,6 +117,7 @@ impl Engine {
             slot: pick.slot,
             view: view.expect("the taken slot's view"),
             from_main: pick.from_main,
+            keeps: pick.keeps,
         })
     }
 
@@ -135,123 +137,24 @@ impl Engine {
         }
     }
 
-    /// A victim of the policy: compressed back into the arena (main queue, freq 0) when it came
-    /// from main (it was reused: a ghost hit or a second touch) and compression pays, else
-    /// dropped. One-pass scans leave from the small queue and cost no compression work; a
-    /// compressed victim is dropped, so each chunk is compressed at most once per residency.
+    /// A victim of the policy: handed to the compression worker when it came from main (it was
+    /// reused: a ghost hit or a second touch), is raw and its sample said it compresses, else
+    /// dropped. One-pass scans leave from
+    /// the small queue and cost no compression work; a compressed victim is dropped, so each chunk
+    /// is compressed at most once per residency. The worker's raw blocks stay allocated (they
+    /// count against the pool) until `collect_compressed` publishes or frees them.
     pub(super) fn retire(&mut self, v: Victim) {
-        if v.from_main && v.view.form == Form::Raw && self.compress(&v) {
-            return;
-        }
+        let v = if v.from_main && v.keeps && v.view.form == Form::Raw {
+            match self.offer_compression(v) {
+                Some(v) => v,
+                None => return,
+            }
+        } else {
+            v
+        };
         self.forget_block(v.view);
         self.free_slots.push(v.slot);
         self.shared.stats.evictions.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Compresses a raw victim in place of evicting it. The victim is already out of the index and
-    /// unpinned, so its block is ours to read and free.
-    pub(super) fn compress(&mut self, v: &Victim) -> bool {
-        if self.shared.compress == CompressMode::Off {
-            return false;
-        }
-        let key = self.shared.index.key_of(v.slot);
-        let src = self.sources.get(&key.file).and_then(Weak::upgrade);
-        let start = key.chunk * self.shared.chunk_bytes;
-        let hint = src.as_ref().map_or(DtypeHint::Unknown, |s| {
-            s.hint_for(start, start + v.view.logical_len as u64)
-        });
-        // SAFETY: the victim left the index with no pins; nobody else reads or writes the block.
-        let raw = unsafe { self.shared.arena.bytes(v.view.block, v.view.len) };
-        let codec = match self.shared.compress {
-            CompressMode::Auto => codec::choose(raw, hint),
-            _ => Codec::Zstd,
-        };
-        if codec == Codec::Raw {
-            return false;
-        }
-        // Encode every piece first (the raw block must stay intact until all are done).
-        let piece_bytes = self.shared.chunk_bytes as usize / PIECES;
-        let mut spans = [(0usize, 0usize); PIECES];
-        self.encoded.clear();
-        let mut piece_buf = std::mem::take(&mut self.piece_buf);
-        for (i, part) in raw.chunks(piece_bytes).enumerate() {
-            let Some(n) = codec::encode_chunk(
-                part,
-                codec,
-                codec::DEFAULT_FRAME_BYTES.min(piece_bytes),
-                self.shared.min_saving,
-                &mut self.encode_scratch,
-                &mut piece_buf,
-            ) else {
-                self.piece_buf = piece_buf;
-                return false;
-            };
-            spans[i] = (self.encoded.len(), n);
-            self.encoded.extend_from_slice(&piece_buf[..n]);
-        }
-        self.piece_buf = piece_buf;
-        let pieces_used = v.view.logical_len.div_ceil(piece_bytes);
-        let pages: usize = spans[..pieces_used]
-            .iter()
-            .map(|&(_, n)| n.div_ceil(PAGE_BYTES))
-            .sum();
-        if pages >= v.view.block.pages as usize {
-            return false;
-        }
-        // SAFETY: the victim left the index unpinned, and the encoded pieces were copied out of
-        // it above; nothing reads it any more.
-        unsafe { self.shared.arena.free(v.view.block) };
-        let mut view = SlotView {
-            block: v.view.block,
-            len: 0,
-            logical_len: v.view.logical_len,
-            form: Form::Encoded,
-            pieces: [0; PIECES],
-        };
-        for (i, &(at, n)) in spans[..pieces_used].iter().enumerate() {
-            // The raw block just went back and the pieces take fewer pages than it had, so the
-            // freed slab alone can hold them all: this cannot fail.
-            let block = self
-                .shared
-                .arena
-                .alloc(n)
-                .expect("space freed by the raw block");
-            // SAFETY: a fresh block, not yet published: this thread is its only user.
-            unsafe { self.shared.arena.bytes_mut(block, n) }
-                .copy_from_slice(&self.encoded[at..at + n]);
-            view.pieces[i] = pack_block(block);
-            view.len += n;
-        }
-        let stored = view.stored_bytes();
-        self.shared.index.set(v.slot, key, view);
-        self.shared.index.publish(v.slot, key, 0);
-        self.policy.insert_main(v.slot, key.hash64(), stored as u32);
-        self.file_slots.insert(key.file, v.slot);
-        let s = &self.shared.stats;
-        s.compressions.fetch_add(1, Ordering::Relaxed);
-        s.encoded_logical_bytes
-            .fetch_add(v.view.logical_len as u64, Ordering::Relaxed);
-        s.encoded_stored_bytes
-            .fetch_add(stored as u64, Ordering::Relaxed);
-        if let Some(src) = src {
-            let logical = src
-                .compressed_logical_bytes
-                .fetch_add(v.view.logical_len as u64, Ordering::Relaxed)
-                + v.view.logical_len as u64;
-            let stored = src
-                .compressed_stored_bytes
-                .fetch_add(stored as u64, Ordering::Relaxed)
-                + stored as u64;
-            if !src.compression_logged.swap(true, Ordering::Relaxed) {
-                tracing::info!(
-                    "COMPRESS {} [{hint:?} {} {:.2}x]",
-                    src.name,
-                    codec.name(),
-                    logical as f64 / stored.max(1) as f64
-                );
-            }
-        }
-        true
     }
 
     /// Drops one chunk from the cache (a corrupt compressed chunk), if nobody holds it.
@@ -270,7 +173,9 @@ impl Engine {
     }
 
     pub(super) fn alloc_block(&mut self, bytes: usize) -> Option<Block> {
-        // Bounded: each round frees one block; a pool full of pinned or packed blocks gives up.
+        // Bounded: each round frees one block (or hands one to the compression worker, at most
+        // `COMPRESS_JOBS` times: then victims are dropped); a pool full of pinned or packed blocks
+        // gives up.
         for _ in 0..4096 {
             if let Some(b) = self.shared.arena.alloc(bytes) {
                 return Some(b);

@@ -16,6 +16,7 @@ use super::uncached::UNCACHED_TAG;
 use super::{Engine, FAULT_ENV, Source, errno_of};
 use crate::arena::{Block, PAGE_BYTES};
 use crate::index::{Key, SlotView};
+use crate::policy::Chunk;
 use crate::store::Entry;
 
 /// Where a fill's bytes go.
@@ -227,11 +228,20 @@ impl Engine {
         match &fill.dest {
             Dest::Arena { slot, block } => {
                 let view = SlotView::raw(*block, fill.want_bytes as usize);
+                let entry = Chunk {
+                    key_hash: fill.key.hash64(),
+                    bytes: block.pages * PAGE_BYTES as u32,
+                    keeps: self.would_keep(&fill.src, fill.key, view),
+                };
                 self.shared.index.set(*slot, fill.key, view);
                 self.shared.index.publish(*slot, fill.key, fill.filler);
                 if !self.is_pinned(fill.key.file) {
-                    self.policy
-                        .insert(*slot, fill.key.hash64(), block.pages * PAGE_BYTES as u32);
+                    self.policy.insert(*slot, entry, &self.shared.index);
+                    let refused = self.policy.refused();
+                    self.shared
+                        .stats
+                        .admissions_refused
+                        .store(refused, Ordering::Relaxed);
                 }
                 self.file_slots.insert(fill.key.file, *slot);
             }

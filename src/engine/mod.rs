@@ -23,11 +23,11 @@ use std::sync::{Arc, Weak};
 use crossbeam_channel::{Receiver, TryRecvError};
 use nitro_ring::{Completion, Ring, Waker};
 
-use crate::codec::{self, Scratch};
 use crate::index::{FxHasher, Key};
 use crate::policy::Policy;
 use crate::policy::s3fifo::S3Fifo;
 
+mod compress;
 mod control;
 mod evict;
 mod fill;
@@ -138,9 +138,8 @@ pub struct Engine {
     /// Which `Source` a file id belongs to, for the compressor's hints (weak: closing files must
     /// still release their descriptors).
     sources: HashMap<u64, Weak<Source>, BuildHasherDefault<FxHasher>>,
-    encode_scratch: Scratch,
-    encoded: Vec<u8>,
-    piece_buf: Vec<u8>,
+    /// The compression worker (None: `--compress off`).
+    compressor: Option<compress::Compressor>,
     readahead_fills: usize,
     /// Versions being filled whole into the store, with the next chunk to start.
     store_jobs: VecDeque<(Arc<Source>, u64)>,
@@ -195,9 +194,10 @@ impl Engine {
             completions: Vec::with_capacity(max_fills + 2),
             scratch: vec![0; shared.max_request_bytes.max(shared.chunk_bytes as usize)],
             sources: HashMap::with_capacity_and_hasher(1024, Default::default()),
-            encode_scratch: Scratch::new(codec::DEFAULT_FRAME_BYTES),
-            encoded: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
-            piece_buf: Vec::with_capacity(shared.chunk_bytes as usize + 64 * 1024),
+            compressor: match shared.compress {
+                CompressMode::Off => None,
+                _ => Some(compress::Compressor::start(&shared, waker.clone())?),
+            },
             readahead_fills: max_fills.saturating_sub(max_fills / 4).max(1),
             store_jobs: VecDeque::new(),
             sets: prefetch_set::Sets::default(),
@@ -239,7 +239,7 @@ impl Engine {
                 self.pump_store();
                 self.pump_sets();
             }
-            if !open && self.ring.in_flight() == 0 {
+            if !open && self.ring.in_flight() == 0 && self.compressing() == 0 {
                 break;
             }
             let mut done = std::mem::take(&mut self.completions);
@@ -251,6 +251,7 @@ impl Engine {
                 self.complete(c);
             }
             self.completions = done;
+            self.collect_compressed();
         }
         // Whatever is still parked gets an error rather than hanging the reader.
         self.fail_parked();
@@ -332,7 +333,10 @@ impl Engine {
                         file: src.file_id,
                         chunk,
                     };
-                    if !self.in_flight.contains_key(&key) && !self.shared.index.contains(key) {
+                    if !self.in_flight.contains_key(&key)
+                        && !self.shared.index.contains(key)
+                        && !self.is_compressing(key)
+                    {
                         if self.start_fill(&src, key, fh).is_none() {
                             break;
                         }

@@ -67,7 +67,7 @@ impl Engine {
             if !stored && !self.shared.index.contains(key) {
                 if missing.is_none() {
                     missing = Some(key);
-                } else if !self.in_flight.contains_key(&key) {
+                } else if !self.in_flight.contains_key(&key) && !self.is_compressing(key) {
                     // Fill the other chunks of a spanning read in parallel.
                     let _ = self.start_fill(&src, key, fh);
                 }
@@ -109,6 +109,9 @@ impl Engine {
         }
         if let Some(w) = self.waiters[wi as usize].as_mut() {
             w.rounds += 1;
+        }
+        if self.park_on_compression(key, wi) {
+            return;
         }
         let fill = match self.in_flight.get(&key) {
             Some(&f) => Some(f),

@@ -30,6 +30,14 @@ pub struct Stats {
     pub uncached_reads: AtomicU64,
     /// Chunks compressed instead of evicted (a counter).
     pub compressions: AtomicU64,
+    /// Victims from main evicted uncompressed because the compression worker's queue was full.
+    pub compress_dropped: AtomicU64,
+    /// Encoded chunks thrown away because the chunk was filled again (or its version purged)
+    /// while the worker encoded it.
+    pub compress_discarded: AtomicU64,
+    /// Chunks back from the ghost queue that the policy kept out of main (a loop larger than the
+    /// pool keeps its resident subset; see `policy::s3fifo`).
+    pub admissions_refused: AtomicU64,
     /// Resident compressed chunks: logical bytes they stand for and arena bytes they take (gauges).
     pub encoded_logical_bytes: AtomicU64,
     pub encoded_stored_bytes: AtomicU64,

@@ -6,7 +6,7 @@
 use super::evict::Victim;
 use super::*;
 use crate::arena::Arena;
-use crate::codec::DtypeHint;
+use crate::codec::{self, DtypeHint};
 use crate::index::{Index, SlotView};
 use crate::store::Store;
 use parking_lot::Mutex;
@@ -522,6 +522,7 @@ fn a_corrupt_compressed_chunk_is_dropped_and_read_again() {
     // Put chunk 0 in the cache compressed, as the engine does with a victim from main.
     {
         let engine = rig.engine.as_mut().expect("stopped");
+        engine.sources.insert(src.file_id, Arc::downgrade(&src));
         let slot = engine.alloc_slot().expect("a free slot");
         let block = rig.shared.arena.alloc(CHUNK as usize).expect("a block");
         // SAFETY: a fresh block, not published: this thread is its only user.
@@ -533,8 +534,9 @@ fn a_corrupt_compressed_chunk_is_dropped_and_read_again() {
             slot,
             view,
             from_main: true,
+            keeps: true,
         };
-        assert!(engine.compress(&victim), "text compresses");
+        assert!(engine.compress_now(victim), "text compresses");
     }
     let shared = rig.shared.clone();
     let s = &shared.stats;
@@ -841,3 +843,6 @@ fn a_first_time_file_never_pushes_out_a_reused_one() {
     let u = rig.shared.arena.usage();
     assert!(u.lent_slabs <= 14, "store over its cap: {u:?}");
 }
+
+#[path = "compress_tests.rs"]
+mod compress_tests;

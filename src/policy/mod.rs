@@ -33,17 +33,36 @@ pub struct Pick {
     /// It left from the reused part of the policy (S3-FIFO: the main queue); a compressed tier
     /// may keep it.
     pub from_main: bool,
+    /// The engine said it would compress (`Chunk::keeps`).
+    pub keeps: bool,
+}
+
+/// What the engine tells a policy about a newly filled chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub key_hash: u64,
+    /// Arena bytes it takes.
+    pub bytes: u32,
+    /// Evicted from the reused part, it would be kept compressed rather than lost (a raw chunk the
+    /// compressed tier can shrink): displacing it costs no disk read later.
+    pub keeps: bool,
 }
 
 /// An eviction policy over index slots, owned by the engine thread.
 pub trait Policy: Send {
-    /// A newly published slot enters the policy.
-    fn insert(&mut self, slot: u32, key_hash: u64, bytes: u32);
+    /// A newly published slot enters the policy. The policy decides where (S3-FIFO: a recently
+    /// evicted key that comes back is admitted to main only if that displaces nothing more useful;
+    /// otherwise it waits in the small queue like a new chunk), so it may look at access counts.
+    fn insert(&mut self, slot: u32, entry: Chunk, counts: &dyn AccessCounts);
     /// A slot re-published with proven reuse (after compression): straight to the reused part.
     fn insert_main(&mut self, slot: u32, key_hash: u64, bytes: u32);
     /// The engine removed the slot from the index itself (invalidation, corruption): forget it.
     fn remove(&mut self, slot: u32);
     fn is_queued(&self, slot: u32) -> bool;
+    /// Returning chunks the policy kept out of its reused part so far (a counter, for stats).
+    fn refused(&self) -> u64 {
+        0
+    }
     fn queued_bytes(&self) -> u64;
     /// Offers candidates to `take` in eviction order until it takes one (it returns true after it
     /// removed the slot from the index; false when the slot is pinned, which the policy keeps).

@@ -7,6 +7,19 @@
 //! chunk that comes back soon goes straight to main. FIFO queues also mean a hit is one relaxed
 //! store of a counter, with no list surgery under a lock.
 //!
+//! Why an admission rule on top (issue 10): a working set larger than the pool read again and again
+//! (a loop) sends every chunk to the ghost queue and back, so plain S3-FIFO admits each returning
+//! chunk to main by evicting another one that will be read just as soon: everything cycles and a
+//! pass hits only by chance. For a loop the best a cache can do is keep a fixed subset. So a chunk
+//! that comes back from the ghost queue while main is full is admitted only if main's next victim
+//! is worth less: one that leaving main would merely be compressed (`Chunk::keeps`: nothing is
+//! lost), or one that has gone unused for longer than the candidate's own reuse distance (the
+//! Belady intuition behind LIRS). Otherwise it waits in the small queue like a new chunk and
+//! leaves from there, and the resident subset stays. Distances are measured on a clock of bytes
+//! inserted (misses), the only events this thread sees; a main chunk's last use is its insertion,
+//! refreshed whenever the hand finds it was hit since. A working set that changes still gets in:
+//! the old chunks stop being hit, their unused time grows past the newcomers' reuse distance.
+//!
 //! The access counter lives in the index slot (readers bump it); the queues live here and are owned
 //! by the one thread that inserts and evicts. Entries carry a generation so a slot removed out of
 //! band (invalidation) and reused later is not evicted through a stale queue entry.
@@ -14,7 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 
-use super::{AccessCounts, Pick, Policy};
+use super::{AccessCounts, Chunk, Pick, Policy};
 use crate::index::FxHasher;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,10 +45,20 @@ pub struct S3Fifo {
     bytes: Vec<u32>,
     /// Each queued slot's key hash, for the ghost queue when it leaves.
     hashes: Vec<u64>,
+    /// Per slot: `clock` at its last known use (insertion, or the hand finding it hit since).
+    last_use: Vec<u64>,
+    /// Per slot: `Chunk::keeps`.
+    keeps: Vec<bool>,
+    /// Bytes inserted so far: the time base of reuse distances.
+    clock: u64,
+    refused: u64,
+    /// Main has evicted since its share was last below `ROOM_PERCENT`.
+    main_full: bool,
     small_bytes: u64,
     main_bytes: u64,
     ghost: VecDeque<u64>,
-    ghost_counts: HashMap<u64, u32, BuildHasherDefault<FxHasher>>,
+    /// Per ghost key: how many queue entries it has, and `clock` at its last use.
+    ghost_counts: HashMap<u64, (u32, u64), BuildHasherDefault<FxHasher>>,
     ghost_capacity: usize,
     /// Share of queued bytes the small queue may hold before it is preferred for eviction, in percent.
     small_percent: u64,
@@ -51,6 +74,11 @@ impl S3Fifo {
             generation: vec![0; n],
             bytes: vec![0; n],
             hashes: vec![0; n],
+            last_use: vec![0; n],
+            keeps: vec![false; n],
+            clock: 0,
+            refused: 0,
+            main_full: false,
             small_bytes: 0,
             main_bytes: 0,
             ghost: VecDeque::with_capacity(n),
@@ -60,21 +88,22 @@ impl S3Fifo {
         }
     }
 
-    fn ghost_take(&mut self, key_hash: u64) -> bool {
+    /// The clock at the key's last use if it is in the ghost queue (taking it out).
+    fn ghost_take(&mut self, key_hash: u64) -> Option<u64> {
         match self.ghost_counts.get_mut(&key_hash) {
-            Some(n) if *n > 0 => {
+            Some((n, last)) if *n > 0 => {
                 // Leave the queue entry; it ages out and decrements a zero-count key harmlessly.
                 *n -= 1;
-                true
+                Some(*last)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    fn ghost_put(&mut self, key_hash: u64) {
+    fn ghost_put(&mut self, key_hash: u64, last_use: u64) {
         if self.ghost.len() == self.ghost_capacity
             && let Some(old) = self.ghost.pop_front()
-            && let Some(n) = self.ghost_counts.get_mut(&old)
+            && let Some((n, _)) = self.ghost_counts.get_mut(&old)
         {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -82,7 +111,50 @@ impl S3Fifo {
             }
         }
         self.ghost.push_back(key_hash);
-        *self.ghost_counts.entry(key_hash).or_insert(0) += 1;
+        let e = self.ghost_counts.entry(key_hash).or_insert((0, 0));
+        e.0 += 1;
+        e.1 = last_use;
+    }
+
+    /// Whether a chunk back from the ghost queue, last used at `last_use`, may enter main: main has
+    /// room for it, or main's next victim is worth less (see the module doc). Looks at a few
+    /// entries at main's head, giving those hit since the hand last passed their second chance
+    /// as eviction would.
+    fn admits(&mut self, last_use: u64, counts: &dyn AccessCounts) -> bool {
+        let total = self.small_bytes + self.main_bytes;
+        // Room: main is below its share and has not been full since it was last well below it
+        // (the queued total moves with the fills in flight, so a plain share test would let a
+        // full main take a chunk now and then, and evict one that is about to be hit).
+        if self.main_bytes * 100 < total * ROOM_PERCENT {
+            self.main_full = false;
+        }
+        if !self.main_full && self.main_bytes * 100 < total * (100 - self.small_percent) {
+            return true;
+        }
+        let reuse = self.clock - last_use;
+        for _ in 0..PROBES {
+            let Some(&entry) = self.main.front() else {
+                return true;
+            };
+            if !self.live(entry, Queue::Main) {
+                self.main.pop_front();
+                continue;
+            }
+            let s = entry.0 as usize;
+            if self.keeps[s] {
+                return true;
+            }
+            match counts.freq(entry.0) {
+                0 => return self.clock - self.last_use[s] > reuse,
+                f => {
+                    counts.set_freq(entry.0, f - 1);
+                    self.last_use[s] = self.clock;
+                    self.main.pop_front();
+                    self.main.push_back(entry);
+                }
+            }
+        }
+        false
     }
 
     fn live(&self, entry: (u32, u32), q: Queue) -> bool {
@@ -98,14 +170,31 @@ impl S3Fifo {
     }
 }
 
+/// Main entries an admission looks at, at most (each one hit since gets its second chance).
+const PROBES: usize = 8;
+/// Main's share of the queued bytes (percent) below which it takes returning chunks freely again.
+const ROOM_PERCENT: u64 = 70;
+
 impl Policy for S3Fifo {
-    fn insert(&mut self, slot: u32, key_hash: u64, bytes: u32) {
+    fn insert(&mut self, slot: u32, e: Chunk, counts: &dyn AccessCounts) {
         let s = slot as usize;
         assert_eq!(self.queue[s], Queue::None, "slot {slot} inserted twice");
+        let (key_hash, bytes) = (e.key_hash, e.bytes);
+        self.clock += u64::from(bytes);
         self.bytes[s] = bytes;
         self.hashes[s] = key_hash;
+        self.keeps[s] = e.keeps;
+        self.last_use[s] = self.clock;
         let entry = (slot, self.generation[s]);
-        if self.ghost_take(key_hash) {
+        let admitted = match self.ghost_take(key_hash) {
+            Some(last) if self.admits(last, counts) => true,
+            Some(_) => {
+                self.refused += 1;
+                false
+            }
+            None => false,
+        };
+        if admitted {
             self.queue[s] = Queue::Main;
             self.main.push_back(entry);
             self.main_bytes += u64::from(bytes);
@@ -121,6 +210,8 @@ impl Policy for S3Fifo {
         assert_eq!(self.queue[s], Queue::None, "slot {slot} inserted twice");
         self.bytes[s] = bytes;
         self.hashes[s] = key_hash;
+        // Compressed: leaving main again loses it. Its last use stays what it was.
+        self.keeps[s] = false;
         self.queue[s] = Queue::Main;
         self.main.push_back((slot, self.generation[s]));
         self.main_bytes += u64::from(bytes);
@@ -142,6 +233,10 @@ impl Policy for S3Fifo {
 
     fn queued_bytes(&self) -> u64 {
         self.small_bytes + self.main_bytes
+    }
+
+    fn refused(&self) -> u64 {
+        self.refused
     }
 
     fn pick_victim(
@@ -171,16 +266,19 @@ impl Policy for S3Fifo {
                     self.small_bytes -= bytes;
                     self.main_bytes += bytes;
                     self.queue[slot as usize] = Queue::Main;
+                    self.last_use[slot as usize] = self.clock;
                     self.main.push_back(entry);
                     continue;
                 }
                 if take(slot) {
                     self.small_bytes -= bytes;
                     self.dequeued(slot);
-                    self.ghost_put(self.hashes[slot as usize]);
+                    let s = slot as usize;
+                    self.ghost_put(self.hashes[s], self.last_use[s]);
                     return Some(Pick {
                         slot,
                         from_main: false,
+                        keeps: self.keeps[s],
                     });
                 }
                 self.small.push_back(entry);
@@ -195,15 +293,18 @@ impl Policy for S3Fifo {
                 let f = counts.freq(slot);
                 if f > 0 {
                     counts.set_freq(slot, f - 1);
+                    self.last_use[slot as usize] = self.clock;
                     self.main.push_back(entry);
                     continue;
                 }
                 if take(slot) {
                     self.main_bytes -= u64::from(self.bytes[slot as usize]);
+                    self.main_full = true;
                     self.dequeued(slot);
                     return Some(Pick {
                         slot,
                         from_main: true,
+                        keeps: self.keeps[slot as usize],
                     });
                 }
                 self.main.push_back(entry);
@@ -214,98 +315,5 @@ impl Policy for S3Fifo {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::arena::Block;
-    use crate::index::{Index, Key, SlotView};
-
-    /// What the engine does with an offer: take the slot out of the index unless it is pinned.
-    fn evict(policy: &mut S3Fifo, index: &Index) -> Option<Pick> {
-        policy.pick_victim(index, &mut |slot| index.try_remove(slot).is_some())
-    }
-
-    fn fill(index: &Index, policy: &mut S3Fifo, slot: u32, key: Key) {
-        index.set(
-            slot,
-            key,
-            SlotView::raw(
-                Block {
-                    offset: u64::from(slot) * 4096,
-                    pages: 1,
-                },
-                1,
-            ),
-        );
-        index.publish(slot, key, 0);
-        policy.insert(slot, key.hash64(), 1);
-    }
-
-    /// A scan of twice the capacity must not flush a hot set that is being reused.
-    #[test]
-    fn one_pass_scan_does_not_flush_the_hot_set() {
-        let capacity = 100u32;
-        let index = Index::new(capacity, 8);
-        let mut policy = S3Fifo::new(capacity);
-        let mut free: Vec<u32> = (0..capacity).rev().collect();
-        let hot: Vec<Key> = (0..50).map(|c| Key { file: 1, chunk: c }).collect();
-        let toucher = std::cell::Cell::new(1u64);
-        let get = |key: Key, policy: &mut S3Fifo, free: &mut Vec<u32>| {
-            toucher.set(toucher.get() + 1);
-            if index.pin(key, toucher.get()).is_some() {
-                return true;
-            }
-            let slot = match free.pop() {
-                Some(s) => s,
-                None => evict(policy, &index).expect("victim").slot,
-            };
-            fill(&index, policy, slot, key);
-            false
-        };
-        // Warm the hot set and touch it again so it is promoted.
-        for _ in 0..3 {
-            for &k in &hot {
-                get(k, &mut policy, &mut free);
-            }
-        }
-        // Scan 200 distinct chunks, touching the hot set in between.
-        for c in 0..200u64 {
-            get(Key { file: 2, chunk: c }, &mut policy, &mut free);
-            if c % 4 == 0 {
-                for &k in &hot[..10] {
-                    get(k, &mut policy, &mut free);
-                }
-            }
-        }
-        let surviving = hot.iter().filter(|&&k| index.contains(k)).count();
-        assert!(surviving >= 45, "hot set flushed: {surviving}/50 survive");
-    }
-
-    #[test]
-    fn pinned_slots_are_skipped_and_removed_slots_forgotten() {
-        let index = Index::new(4, 4);
-        let mut policy = S3Fifo::new(4);
-        for s in 0..3u32 {
-            fill(
-                &index,
-                &mut policy,
-                s,
-                Key {
-                    file: 9,
-                    chunk: u64::from(s),
-                },
-            );
-        }
-        let pin = index.pin(Key { file: 9, chunk: 0 }, 0).expect("cached");
-        assert_eq!(index.try_remove(1).map(|v| v.block.offset), Some(4096));
-        policy.remove(1);
-        let v = evict(&mut policy, &index).expect("victim");
-        assert_eq!(v.slot, 2, "slot 0 pinned, slot 1 removed out of band");
-        assert!(
-            evict(&mut policy, &index).is_none(),
-            "only a pinned slot left"
-        );
-        drop(pin);
-        assert_eq!(evict(&mut policy, &index).map(|v| v.slot), Some(0));
-        assert_eq!(policy.queued_bytes(), 0);
-    }
-}
+#[path = "s3fifo_tests.rs"]
+mod tests;

@@ -1,0 +1,192 @@
+//! Working sets larger than the pool, read again and again (issue 10), on a real mount with the
+//! source on the real disk: a file 1.5× the pool keeps a stable resident subset, so from the third
+//! pass on each pass reads about what does not fit; a BF16 set that fits the pool only compressed
+//! ends up read (almost) entirely from the arena.
+//!
+//! Two witnesses per pass, page caches dropped before each: the daemon's `fill_bytes`, and the
+//! source's block device (`/sys/dev/block/MAJ:MIN/stat`, sectors read), which also counts other
+//! processes' reads on a shared machine, so it is held to a looser bound.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use nitro_uring::mount::{MountConfig, Mounted, StoreMode};
+
+#[path = "support/bf16.rs"]
+mod bf16;
+mod common;
+
+const MIB: u64 = 1 << 20;
+
+/// Sectors read counter of the block device holding `path`, if it is one (not a tmpfs).
+fn device_stat(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let p = PathBuf::from(format!("/sys/dev/block/{major}:{minor}/stat"));
+    p.exists().then_some(p)
+}
+
+fn device_read_bytes(stat: &Path) -> u64 {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(0, |sectors| sectors * 512)
+}
+
+fn drop_caches() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// One pass: every file read whole in order (1 MiB reads), compared with its bytes. Returns
+/// (bytes the daemon filled, bytes the device read) during the pass.
+fn pass(m: &Mounted, stat: Option<&Path>, files: &[(PathBuf, Vec<u8>)]) -> (u64, u64) {
+    drop_caches();
+    let (f0, d0) = (m.stats().fill_bytes, stat.map_or(0, device_read_bytes));
+    let mut buf = vec![0u8; MIB as usize];
+    for (path, data) in files {
+        let mut f = std::fs::File::open(path).expect("open through the mount");
+        let mut at = 0;
+        loop {
+            let n = f.read(&mut buf).expect("read through the mount");
+            if n == 0 {
+                break;
+            }
+            assert!(
+                buf[..n] == data[at..at + n],
+                "{path:?}: bytes differ at {at}"
+            );
+            at += n;
+        }
+        assert_eq!(at, data.len(), "{path:?}: short read");
+    }
+    (
+        m.stats().fill_bytes - f0,
+        stat.map_or(0, device_read_bytes) - d0,
+    )
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    src: PathBuf,
+    mnt: PathBuf,
+}
+
+/// A source directory on the disk the tests run from (not /dev/shm: the device counter must see it).
+fn setup() -> Setup {
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+    let src = dir.path().join("src");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&src).expect("mkdir src");
+    std::fs::create_dir_all(&mnt).expect("mkdir mnt");
+    Setup {
+        _dir: dir,
+        src,
+        mnt,
+    }
+}
+
+fn settle() {
+    // Versions younger than the racy window are private to one open: let the files settle.
+    std::thread::sleep(nitro_uring::fuse::RACY_WINDOW + std::time::Duration::from_millis(100));
+}
+
+#[test]
+fn a_file_larger_than_the_pool_keeps_a_stable_subset() {
+    let s = setup();
+    let (size, pool) = (384 * MIB, 256 * MIB);
+    let data = common::pattern(7, size as usize);
+    std::fs::write(s.src.join("big.bin"), &data).expect("write source");
+    settle();
+    let mut cfg = MountConfig::new(&s.src, &s.mnt, pool);
+    cfg.store = StoreMode::Off;
+    let m = Mounted::spawn(cfg).expect("mount");
+    let stat = device_stat(&s.src);
+    let files = [(s.mnt.join("big.bin"), data)];
+    let passes: Vec<(u64, u64)> = (0..5).map(|_| pass(&m, stat.as_deref(), &files)).collect();
+    let st = m.stats();
+    eprintln!(
+        "per pass (filled MiB, device MiB): {:?}\n{st:?}",
+        passes
+            .iter()
+            .map(|&(f, d)| (f >> 20, d >> 20))
+            .collect::<Vec<_>>()
+    );
+    // What does not fit, plus what cycles through the small queue (10% of the pool) and the
+    // blocks of the fills in flight: 1.25 × (file − pool) at 3 GiB / 2 GiB, ≈1.3× at this size.
+    let over = size - pool;
+    for (p, &(filled, device)) in passes.iter().enumerate().skip(2) {
+        assert!(
+            filled * 10 <= over * 14,
+            "pass {}: filled {} MiB, more than 1.4 × {} MiB",
+            p + 1,
+            filled >> 20,
+            over >> 20
+        );
+        if stat.is_some() {
+            assert!(
+                device <= over * 2,
+                "pass {}: the device read {} MiB",
+                p + 1,
+                device >> 20
+            );
+        }
+    }
+    assert!(st.admissions_refused > 0, "{st:?}");
+    m.unmount().expect("unmount");
+}
+
+/// Four distinct BF16 shards under a pool of 80% of their size: they fit only compressed
+/// (≈0.69×). From the third pass on, passes read less than 5% of the set (before the stable
+/// subset and the worker, 18–41% per pass). `--store off`: the store keeps whole files raw, so a
+/// loop over files that do not fit it raw is a different problem (see the README).
+#[test]
+#[ignore = "issue 10 part 3 not met yet: passes 3-5 still fill 19-33% of the set, pass 6 0% (see README)"]
+fn a_bf16_set_that_fits_compressed_stays() {
+    let s = setup();
+    let files: Vec<(PathBuf, Vec<u8>)> = (0..4u64)
+        .map(|i| {
+            let name = format!("shard-{i}.safetensors");
+            let data = bf16::write_bf16_safetensors(&s.src.join(&name), 6, 1 << 20, 0x9e37 + i);
+            (s.mnt.join(name), data)
+        })
+        .collect();
+    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    settle();
+    let mut cfg = MountConfig::new(&s.src, &s.mnt, total * 8 / 10 / MIB * MIB);
+    cfg.store = StoreMode::Off;
+    let m = Mounted::spawn(cfg).expect("mount");
+    let stat = device_stat(&s.src);
+    let passes: Vec<(u64, u64)> = (0..6).map(|_| pass(&m, stat.as_deref(), &files)).collect();
+    let st = m.stats();
+    eprintln!(
+        "set {} MiB; per pass (filled MiB, device MiB): {:?}\n{st:?}",
+        total >> 20,
+        passes
+            .iter()
+            .map(|&(f, d)| (f >> 20, d >> 20))
+            .collect::<Vec<_>>()
+    );
+    for (p, &(filled, device)) in passes.iter().enumerate().skip(2) {
+        assert!(
+            filled * 20 < total,
+            "pass {}: filled {} MiB of a {} MiB set",
+            p + 1,
+            filled >> 20,
+            total >> 20
+        );
+        if stat.is_some() {
+            assert!(
+                device * 5 < total,
+                "pass {}: the device read {} MiB",
+                p + 1,
+                device >> 20
+            );
+        }
+    }
+    assert!(st.compressions > 0 && st.decode_errors == 0, "{st:?}");
+    m.unmount().expect("unmount");
+}
