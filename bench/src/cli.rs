@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// (default 1GiB,4GiB, each only if memory allows; --quick: 32MiB; 0: none)
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     pub resident_sizes: Option<Vec<u64>>,
+    /// Model-set prefetch of the mount (`--prefetch-sets`): on (default) or off. The generated
+    /// shards form a set, so with it on, opening the first shard prefetches the others
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub prefetch_sets: String,
     /// Never drop the system's page cache (the cold rows are then skipped)
     #[arg(long)]
     pub no_drop_caches: bool,

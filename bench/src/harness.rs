@@ -134,6 +134,7 @@ impl Bench<'_> {
         // The main rows measure the daemon's own path (arena hits, fills); the store and its
         // passthrough have rows of their own (`resident.rs`).
         c.store = nitro_uring::store::StoreMode::Off;
+        c.prefetch_sets = self.args.prefetch_sets == "on";
         c
     }
 

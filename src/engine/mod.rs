@@ -145,6 +145,9 @@ pub struct Engine {
     store_jobs: VecDeque<(Arc<Source>, u64)>,
     /// Set members waiting for arena fills, and the fills that are theirs.
     sets: prefetch_set::Sets,
+    /// When a reader last asked for something not cached (a miss or readahead): set prefetch
+    /// yields to it (see `prefetch_set`).
+    reader_seen: Option<std::time::Instant>,
     uncached: Vec<Uncached>,
     free_uncached: Vec<u32>,
     /// Uncached reads waiting for a slot.
@@ -201,6 +204,7 @@ impl Engine {
             readahead_fills: max_fills.saturating_sub(max_fills / 4).max(1),
             store_jobs: VecDeque::new(),
             sets: prefetch_set::Sets::default(),
+            reader_seen: None,
             uncached: (0..UNCACHED_SLOTS)
                 .map(|_| Uncached {
                     buf: vec![0; shared.max_request_bytes.max(4096)].into_boxed_slice(),
@@ -296,6 +300,9 @@ impl Engine {
     }
 
     fn handle(&mut self, msg: Msg) {
+        if matches!(msg, Msg::Read { .. } | Msg::Prefetch { .. }) {
+            self.reader_seen = Some(std::time::Instant::now());
+        }
         match msg {
             Msg::Read {
                 src,
