@@ -108,6 +108,7 @@ pub struct StatsSnapshot {
     pub store_complete_files: u64,
     pub store_bytes: u64,
     pub passthrough_opens: u64,
+    pub store_admissions: u64,
     /// Model sets found, members queued, bytes prefetched, set prefetches finished.
     pub sets_found: u64,
     pub set_members_queued: u64,
@@ -126,6 +127,7 @@ pub fn snapshot(shared: &Shared) -> StatsSnapshot {
         store_complete_files: store.complete_files,
         store_bytes: store.resident_bytes,
         passthrough_opens: r(&s.passthrough_opens),
+        store_admissions: r(&s.store_admissions),
         sets_found: r(&s.sets_found),
         set_members_queued: r(&s.set_members_queued),
         set_prefetch_bytes: r(&s.set_prefetch_bytes),

@@ -149,6 +149,12 @@ impl Entry {
     pub fn clear_uses(&self) {
         self.uses.store(0, Ordering::Relaxed);
     }
+
+    /// The version was opened before this entry was made (it had been stored and evicted, or
+    /// served from the arena): it counts as reused from the start, not as a probationary file.
+    pub fn mark_reused(&self) {
+        self.uses.fetch_max(2, Ordering::Relaxed);
+    }
 }
 
 /// Gauges for stats and the heartbeat.
@@ -164,8 +170,16 @@ pub struct StoreUsage {
 
 struct State {
     entries: HashMap<Stamp, Arc<Entry>>,
+    /// The store's clock: one tick per open of a file big enough to be stored.
     tick: u64,
+    /// When versions that are not stored (now) were last opened, by tick: a reused file's reuse
+    /// distance, which decides whom it may push out (`evict_one`). Bounded by `SEEN_LIMIT`.
+    seen: HashMap<Stamp, u64>,
 }
+
+/// Versions whose last open the store remembers at most (cleared when full: forgetting only makes
+/// admission more conservative).
+const SEEN_LIMIT: usize = 4096;
 
 pub struct Store {
     dir: OwnedFd,
@@ -437,6 +451,7 @@ impl Store {
             state: Mutex::new(State {
                 entries: HashMap::new(),
                 tick: 0,
+                seen: HashMap::new(),
             }),
         })
     }
@@ -577,6 +592,18 @@ impl Store {
         Some(e)
     }
 
+    /// Counts an open of a version that is not stored on the store's clock; returns how many ticks
+    /// ago it was last opened (its reuse distance), if the store remembers.
+    pub fn note_open(&self, stamp: &Stamp) -> Option<u64> {
+        let mut st = self.state.lock();
+        st.tick += 1;
+        let now = st.tick;
+        if st.seen.len() >= SEEN_LIMIT {
+            st.seen.clear();
+        }
+        st.seen.insert(*stamp, now).map(|prev| now - prev)
+    }
+
     /// The entry of a version, if stored, without counting a use (reports, a set prefetch looking).
     pub fn peek(&self, stamp: &Stamp) -> Option<Arc<Entry>> {
         self.state.lock().entries.get(stamp).cloned()
@@ -630,10 +657,11 @@ impl Store {
         .map_err(io_err)?;
         rustix::fs::ftruncate(&file, stamp.2).map_err(io_err)?;
         let e = Arc::new(self.entry(stamp, name, file, slabs, false)?);
-        let mut st = self.state.lock();
-        st.tick += 1;
+        let st = self.state.lock();
+        // The open that admitted it was counted on the clock already (`note_open`).
         e.last_use.store(st.tick, Ordering::Relaxed);
         e.uses.store(1, Ordering::Relaxed);
+        let mut st = st;
         st.entries.insert(stamp, e.clone());
         Ok(e)
     }
@@ -652,16 +680,32 @@ impl Store {
     }
 
     /// Drops an entry nobody else holds: the least recently used one, among those opened at most
-    /// `max_uses` times. Returns the slabs it held. Engine thread only.
-    pub fn evict_one(&self, max_uses: u64) -> Option<u32> {
+    /// `max_uses` times; one opened more than once only if it has not been opened for more than
+    /// `reused_idle_over` ticks. Returns the slabs it held. Engine thread only.
+    ///
+    /// Why the idle bound: files read again and again in a loop larger than the store would
+    /// otherwise push each other out in turn (LRU on a loop misses every time); a newcomer may only
+    /// push out a reused file that has gone unused for longer than the newcomer's own reuse
+    /// distance, so a loop keeps a stable subset stored and the rest goes through the arena.
+    pub fn evict_one(&self, max_uses: u64, reused_idle_over: u64) -> Option<u32> {
         let mut st = self.state.lock();
+        let now = st.tick;
         let stamp = st
             .entries
             .iter()
             .filter(|(_, e)| Arc::strong_count(e) == 1 && e.uses() <= max_uses)
+            .filter(|(_, e)| {
+                e.uses() <= 1
+                    || now.saturating_sub(e.last_use.load(Ordering::Relaxed)) > reused_idle_over
+            })
             .min_by_key(|(_, e)| e.last_use.load(Ordering::Relaxed))
             .map(|(s, _)| *s)?;
         let e = st.entries.remove(&stamp)?;
+        // Its last open, should it come back (its reuse distance then).
+        let last = e.last_use.load(Ordering::Relaxed);
+        if st.seen.len() < SEEN_LIMIT {
+            st.seen.insert(stamp, last);
+        }
         drop(st);
         self.unlink(&e);
         tracing::debug!("store: evicted {} ({} MiB)", e.name, e.size() >> 20);

@@ -45,6 +45,8 @@ pub struct Stats {
     pub decode_errors: AtomicU64,
     /// Opens answered with passthrough to a store file (their reads never reach the daemon).
     pub passthrough_opens: AtomicU64,
+    /// Versions admitted to the store (each a whole-file fill).
+    pub store_admissions: AtomicU64,
     /// Model sets found on an open, members queued for prefetch, and bytes their prefetch put
     /// in the cache (see `fuse::set_prefetch`).
     pub sets_found: AtomicU64,

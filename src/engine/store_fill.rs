@@ -40,11 +40,18 @@ impl Engine {
         }
         let arena = &shared.arena;
         arena.give_back(store.sweep_incomplete());
-        let max_uses = if reused { u64::MAX } else { 1 };
+        // A reused file may push out reused store files idle longer than its own reuse distance
+        // (unknown: none); a first-time file only files opened once (see `Store::evict_one`).
+        let distance = store.note_open(&src.stamp).unwrap_or(u64::MAX);
+        let (max_uses, idle_over) = if reused {
+            (u64::MAX, distance)
+        } else {
+            (1, u64::MAX)
+        };
         let mut granted = false;
         for _ in 0..=arena.slab_count() {
             if store.held_slabs().saturating_add(slabs) > store.cap_slabs {
-                match store.evict_one(max_uses) {
+                match store.evict_one(max_uses, idle_over) {
                     Some(n) => arena.give_back(n),
                     None => break,
                 }
@@ -54,7 +61,7 @@ impl Engine {
                 granted = true;
                 break;
             }
-            if let Some(n) = store.evict_one(1) {
+            if let Some(n) = store.evict_one(1, u64::MAX) {
                 arena.give_back(n);
             } else if !reused {
                 break;
@@ -62,7 +69,7 @@ impl Engine {
                 self.forget_block(v.view);
                 self.free_slots.push(v.slot);
                 self.shared.stats.evictions.fetch_add(1, Ordering::Relaxed);
-            } else if let Some(n) = store.evict_one(u64::MAX) {
+            } else if let Some(n) = store.evict_one(u64::MAX, idle_over) {
                 arena.give_back(n);
             } else {
                 break;
@@ -79,6 +86,13 @@ impl Engine {
                     src.name,
                     src.size >> 20
                 );
+                if reused {
+                    e.mark_reused();
+                }
+                self.shared
+                    .stats
+                    .store_admissions
+                    .fetch_add(1, Ordering::Relaxed);
                 let _ = src.store.set(e);
                 // Its chunks in the arena would be a second copy.
                 self.purge(src.file_id);
