@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,6 +21,16 @@ use crate::fuse::{NitroFs, Options};
 use crate::index::Index;
 use crate::store::Store;
 pub use crate::store::StoreMode;
+
+mod kernel;
+mod mounts;
+mod stats;
+
+use kernel::{max_pages_limit, raise_max_pages, tune_bdi};
+pub use kernel::{wanted_max_pages, wanted_read_ahead_kb};
+use mounts::is_mounted;
+pub use mounts::{mount_entry, recover_stale, umount, umount_nitro};
+pub use stats::{StatsSnapshot, snapshot};
 
 pub const FSTYPE: &str = "fuse.nitro-uring";
 
@@ -73,86 +82,6 @@ impl MountConfig {
             control: true,
             prefetch_sets: true,
         }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct StatsSnapshot {
-    pub hits: u64,
-    pub misses: u64,
-    pub fills: u64,
-    pub fill_bytes: u64,
-    pub prefetch_fills: u64,
-    pub evictions: u64,
-    pub fill_errors: u64,
-    pub invalidations: u64,
-    pub uncached_reads: u64,
-    pub compressions: u64,
-    /// Victims from main evicted uncompressed (compression queue full), encodes thrown away (the
-    /// chunk was read again meanwhile), chunks the policy kept out of main (see `engine::Stats`).
-    pub compress_dropped: u64,
-    pub compress_discarded: u64,
-    pub admissions_refused: u64,
-    pub decode_errors: u64,
-    /// Logical bytes the resident compressed chunks stand for, and the arena bytes they take.
-    pub encoded_logical_bytes: u64,
-    pub encoded_stored_bytes: u64,
-    /// Logical bytes cached (raw + decoded size of compressed) per pool byte used.
-    pub logical_cached_bytes: u64,
-    pub pool_used_bytes: u64,
-    pub pool_bytes: u64,
-    pub index_overhead_bytes: u64,
-    /// Whole files in the store (tmpfs), how many are complete (passthrough-ready), the bytes
-    /// they hold (part of `pool_used_bytes`), and opens answered with passthrough.
-    pub store_files: u64,
-    pub store_complete_files: u64,
-    pub store_bytes: u64,
-    pub passthrough_opens: u64,
-    pub store_admissions: u64,
-    /// Model sets found, members queued, bytes prefetched, set prefetches finished.
-    pub sets_found: u64,
-    pub set_members_queued: u64,
-    pub set_prefetch_bytes: u64,
-    pub sets_done: u64,
-}
-
-pub fn snapshot(shared: &Shared) -> StatsSnapshot {
-    let s: &Stats = &shared.stats;
-    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let store = shared.store.as_ref().map(Store::usage).unwrap_or_default();
-    let arena_used = shared.arena.usage().used_bytes;
-    let used = arena_used + store.resident_bytes;
-    StatsSnapshot {
-        store_files: store.files,
-        store_complete_files: store.complete_files,
-        store_bytes: store.resident_bytes,
-        passthrough_opens: r(&s.passthrough_opens),
-        store_admissions: r(&s.store_admissions),
-        sets_found: r(&s.sets_found),
-        set_members_queued: r(&s.set_members_queued),
-        set_prefetch_bytes: r(&s.set_prefetch_bytes),
-        sets_done: r(&s.sets_done),
-        hits: r(&s.hits),
-        misses: r(&s.misses),
-        fills: r(&s.fills),
-        fill_bytes: r(&s.fill_bytes),
-        prefetch_fills: r(&s.prefetch_fills),
-        evictions: r(&s.evictions),
-        fill_errors: r(&s.fill_errors),
-        invalidations: r(&s.invalidations),
-        uncached_reads: r(&s.uncached_reads),
-        compressions: r(&s.compressions),
-        compress_dropped: r(&s.compress_dropped),
-        compress_discarded: r(&s.compress_discarded),
-        admissions_refused: r(&s.admissions_refused),
-        decode_errors: r(&s.decode_errors),
-        encoded_logical_bytes: r(&s.encoded_logical_bytes),
-        encoded_stored_bytes: r(&s.encoded_stored_bytes),
-        logical_cached_bytes: used - r(&s.encoded_stored_bytes).min(arena_used)
-            + r(&s.encoded_logical_bytes),
-        pool_used_bytes: used,
-        pool_bytes: shared.arena.pool_bytes() as u64,
-        index_overhead_bytes: shared.index.overhead_bytes() as u64,
     }
 }
 
@@ -277,140 +206,6 @@ pub fn mem_available_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The mountinfo fields (major:minor, fstype) of the mount at `path` (the topmost, when several
-/// are stacked there), if it is a mount point.
-pub fn mount_entry(path: &Path) -> Option<(String, String)> {
-    // A dead FUSE mount cannot be canonicalized itself (stat fails); its parent can.
-    let want = std::fs::canonicalize(path)
-        .ok()
-        .or_else(|| {
-            let parent = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            Some(std::fs::canonicalize(parent).ok()?.join(path.file_name()?))
-        })
-        .unwrap_or_else(|| path.to_path_buf());
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut found = None;
-    for line in text.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        if f.len() < 10 {
-            continue;
-        }
-        let mp = unescape(f[4]);
-        if Path::new(&mp) == want || Path::new(&mp) == path {
-            let Some(dash) = f.iter().position(|x| *x == "-") else {
-                continue;
-            };
-            if let Some(fstype) = f.get(dash + 1) {
-                found = Some((f[2].to_string(), fstype.to_string()));
-            }
-        }
-    }
-    found
-}
-
-/// `nitro-uring umount PATH`: unmounts PATH only when it is a nitro-uring mount, so a typo or a
-/// wrong path never unmounts someone else's filesystem.
-pub fn umount_nitro(path: &Path) -> Result<()> {
-    match mount_entry(path) {
-        Some((_, fstype)) if fstype == FSTYPE => {
-            // A file closed a moment ago can keep the mount busy briefly (the last reference of
-            // an open file is dropped after close returns in some paths): retry for a second
-            // before reporting EBUSY.
-            let mut tries = 0;
-            loop {
-                match umount(path, false) {
-                    Err(e)
-                        if tries < 10
-                            && e.root_cause()
-                                .downcast_ref::<std::io::Error>()
-                                .and_then(std::io::Error::raw_os_error)
-                                == Some(libc::EBUSY) =>
-                    {
-                        tries += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(100));
-                    }
-                    r => return r,
-                }
-            }
-        }
-        Some((_, fstype)) => bail!("{} is not a nitro-uring mount ({fstype})", path.display()),
-        None => bail!(
-            "{} is not a nitro-uring mount (not a mount point)",
-            path.display()
-        ),
-    }
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
-fn is_mounted(path: &Path) -> bool {
-    mount_entry(path).is_some()
-}
-
-/// A mount left by a killed daemon answers ENOTCONN; detach it so the path can be reused.
-pub fn recover_stale(mountpoint: &Path) -> Result<bool> {
-    // stat may be answered from the kernel's attribute cache even on a dead connection; listing the
-    // directory always asks the daemon, so probe with that when a FUSE mount is there.
-    let probe = match std::fs::metadata(mountpoint) {
-        Err(e) => Err(e),
-        Ok(_) if mount_entry(mountpoint).is_some_and(|(_, t)| t.starts_with("fuse")) => {
-            std::fs::read_dir(mountpoint).map(|_| ())
-        }
-        Ok(_) => Ok(()),
-    };
-    match probe {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            umount(mountpoint, true).with_context(|| {
-                format!(
-                    "mountpoint {} is a dead FUSE mount and could not be detached",
-                    mountpoint.display()
-                )
-            })?;
-            eprintln!(
-                "nitro-uring: recovered stale mount at {} (transport endpoint was not connected)",
-                mountpoint.display()
-            );
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
-}
-
-/// Unmounts `path`: umount2 as root, else fusermount3 -u.
-pub fn umount(path: &Path, lazy: bool) -> Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    let flags = if lazy { libc::MNT_DETACH } else { 0 };
-    // SAFETY: valid C string; umount2 takes no other memory.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EPERM) {
-        let mut cmd = std::process::Command::new("fusermount3");
-        cmd.arg("-u");
-        if lazy {
-            cmd.arg("-z");
-        }
-        let status = cmd.arg(path).status().context("running fusermount3")?;
-        if status.success() {
-            return Ok(());
-        }
-        bail!("fusermount3 -u {} failed", path.display());
-    }
-    if err.raw_os_error() == Some(libc::EINVAL) {
-        bail!("{} is not a mount point", path.display());
-    }
-    Err(anyhow::Error::new(err).context(format!("unmount {}", path.display())))
-}
-
 /// The message of a panic payload (`panic!` with a literal or a format string).
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -419,48 +214,6 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "(no message)".into()
-    }
-}
-
-/// The fs.fuse.max_pages_limit a mount with this chunk raises the kernel's to (`nitro-uring tune`
-/// recommends the same).
-pub fn wanted_max_pages(chunk_bytes: u64) -> u64 {
-    (chunk_bytes / PAGE_BYTES as u64).max(256)
-}
-
-/// Best effort: a larger per-request limit lets one FUSE read cover a whole chunk.
-fn raise_max_pages(chunk_bytes: u64) {
-    let want = wanted_max_pages(chunk_bytes);
-    let path = "/proc/sys/fs/fuse/max_pages_limit";
-    if let Ok(cur) = std::fs::read_to_string(path)
-        && cur.trim().parse::<u64>().is_ok_and(|c| c < want)
-    {
-        let _ = std::fs::write(path, want.to_string());
-    }
-}
-
-fn max_pages_limit() -> u64 {
-    std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(256)
-}
-
-/// The read_ahead_kb `tune_bdi` gives a mount for this read-ahead (`nitro-uring tune` checks it).
-pub fn wanted_read_ahead_kb(readahead_bytes: u64) -> u64 {
-    (readahead_bytes / 1024).max(128)
-}
-
-/// The mount's bdi read_ahead_kb starts at 128 and can only be raised through sysfs after mount.
-fn tune_bdi(mountpoint: &Path, readahead_bytes: u64) {
-    let Some((dev, _)) = mount_entry(mountpoint) else {
-        return;
-    };
-    let kb = wanted_read_ahead_kb(readahead_bytes);
-    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-    match std::fs::write(&path, kb.to_string()) {
-        Ok(()) => tracing::debug!("set {path} = {kb}"),
-        Err(e) => tracing::debug!("could not set {path}: {e}"),
     }
 }
 

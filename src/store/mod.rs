@@ -21,18 +21,24 @@
 //! handle open stays whole.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use memmap2::{MmapOptions, MmapRaw};
+use memmap2::MmapOptions;
 use parking_lot::Mutex;
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::engine::Stamp;
+
+mod entry;
+mod place;
+
+pub use entry::Entry;
+pub use place::StoreMode;
+use place::{SOURCE_RECORD, collect_orphans, default_dir, name_of, own_dir, parse_name};
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const PAGE_BYTES: u64 = 4096;
@@ -43,118 +49,6 @@ const FALLBACK_DIR: &str = "/dev/shm/nitro-uring";
 
 fn io_err(e: rustix::io::Errno) -> io::Error {
     io::Error::from_raw_os_error(e.raw_os_error())
-}
-
-/// One stored version.
-pub struct Entry {
-    pub stamp: Stamp,
-    name: String,
-    /// The file itself, only for unnamed (`--store none`) files; a named one is reopened by name
-    /// when needed, so thousands of stored files do not hold thousands of descriptors.
-    file: Option<OwnedFd>,
-    map: MmapRaw,
-    chunk_bytes: u64,
-    chunks: u64,
-    /// One bit per chunk: set once the chunk's bytes are in the file, never cleared while the
-    /// entry lives (Release on set, Acquire on test: the bytes are visible to whoever sees the bit).
-    filled: Box<[AtomicU64]>,
-    filled_count: AtomicU64,
-    complete: AtomicBool,
-    /// A fill failed for a reason other than the source (tmpfs full): no more store fills.
-    broken: AtomicBool,
-    /// Budget it holds, in arena slabs.
-    pub slabs: u32,
-    /// Opens of this version seen (1 = probation: a first-time file may not push out reused ones).
-    uses: AtomicU64,
-    last_use: AtomicU64,
-}
-
-impl Entry {
-    pub fn size(&self) -> u64 {
-        self.stamp.2
-    }
-
-    pub fn chunk_count(&self) -> u64 {
-        self.chunks
-    }
-
-    pub fn has(&self, chunk: u64) -> bool {
-        chunk < self.chunks
-            && self.filled[(chunk / 64) as usize].load(Ordering::Acquire) & (1 << (chunk % 64)) != 0
-    }
-
-    pub fn is_complete(&self) -> bool {
-        self.complete.load(Ordering::Acquire)
-    }
-
-    pub fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::Relaxed)
-    }
-
-    pub fn mark_broken(&self) {
-        self.broken.store(true, Ordering::Relaxed);
-    }
-
-    pub fn filled_bytes(&self) -> u64 {
-        (self.filled_count.load(Ordering::Relaxed) * self.chunk_bytes).min(self.size())
-    }
-
-    /// `len` bytes from `offset` if every chunk they touch is filled. The slice borrows the entry,
-    /// whose mapping lives as long as it does; filled chunks are never written again.
-    pub fn range(&self, offset: u64, len: usize) -> Option<&[u8]> {
-        let end = offset.checked_add(len as u64)?;
-        if len == 0 || end > self.size() {
-            return None;
-        }
-        let (first, last) = (offset / self.chunk_bytes, (end - 1) / self.chunk_bytes);
-        if !self.is_complete() && !(first..=last).all(|c| self.has(c)) {
-            return None;
-        }
-        // SAFETY: in bounds (end <= size <= mapping length); every chunk of the range is filled
-        // (checked with Acquire above), and a filled chunk is never written again nor unmapped
-        // while `self` is borrowed.
-        Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(offset as usize), len) })
-    }
-
-    /// Where a fill of bytes from `offset` writes, and how many bytes it may write there (to the
-    /// end of the mapping's last page).
-    pub fn fill_target(&self, offset: u64) -> Option<(*mut u8, usize)> {
-        let cap = self.map.len() as u64;
-        if offset >= cap {
-            return None;
-        }
-        // SAFETY: offset < mapping length.
-        Some((
-            unsafe { self.map.as_mut_ptr().add(offset as usize) },
-            (cap - offset) as usize,
-        ))
-    }
-
-    /// Records a filled chunk; true when it was the last one.
-    pub fn mark_filled(&self, chunk: u64) -> bool {
-        let bit = 1u64 << (chunk % 64);
-        let was = self.filled[(chunk / 64) as usize].fetch_or(bit, Ordering::Release);
-        if was & bit != 0 {
-            return false;
-        }
-        self.filled_count.fetch_add(1, Ordering::Relaxed) + 1 == self.chunks
-    }
-
-    pub fn uses(&self) -> u64 {
-        self.uses.load(Ordering::Relaxed)
-    }
-
-    /// Made by a set prefetch, not an open: the first real open is its first use, so a set
-    /// loaded once stays on probation like any file read once.
-    pub fn clear_uses(&self) {
-        self.uses.store(0, Ordering::Relaxed);
-    }
-
-    /// The version was opened before this entry was made (it had been stored and evicted, or
-    /// served from the arena): it counts as reused from the start, not as a probationary file.
-    pub fn mark_reused(&self) {
-        self.uses.fetch_max(2, Ordering::Relaxed);
-    }
 }
 
 /// Gauges for stats and the heartbeat.
@@ -191,197 +85,6 @@ pub struct Store {
     /// The store may hold this many slabs at most (the rest of the pool stays the arena's).
     pub cap_slabs: u32,
     state: Mutex<State>,
-}
-
-/// Where the store goes, from `--store`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreMode {
-    /// `DEFAULT_DIR` (a tmpfs with huge pages mounted there if needed), kept across restarts.
-    Default,
-    /// A directory on a tmpfs the user chose, kept across restarts.
-    Dir(PathBuf),
-    /// Store files that vanish with the daemon (`--store none`).
-    Ephemeral,
-    /// No store: the arena alone, no passthrough (`--store off`).
-    Off,
-}
-
-impl StoreMode {
-    pub fn parse(s: &str) -> Result<StoreMode, String> {
-        match s {
-            "" => Err("--store needs a directory, `none` or `off`".into()),
-            "none" => Ok(StoreMode::Ephemeral),
-            "off" => Ok(StoreMode::Off),
-            "default" => Ok(StoreMode::Default),
-            p => Ok(StoreMode::Dir(PathBuf::from(p))),
-        }
-    }
-
-    /// Checks a user-chosen directory before anything is mounted: it must exist on a tmpfs.
-    pub fn validate(&self) -> Result<(), String> {
-        let StoreMode::Dir(p) = self else {
-            return Ok(());
-        };
-        let fs = rustix::fs::statfs(p.as_path())
-            .map_err(|e| format!("--store {}: {}", p.display(), io_err(e)))?;
-        if fs.f_type as i64 != TMPFS_MAGIC {
-            return Err(format!(
-                "--store {}: not on a tmpfs (the store must be RAM; mount one or use `none`)",
-                p.display()
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Creates `path` as a 0700 directory owned by us if it is missing, and opens it without
-/// following a symlink; refuses one that someone else owns or others can enter (a shared
-/// /dev/shm lets any user create the name first).
-fn own_dir(path: &Path) -> io::Result<OwnedFd> {
-    match rustix::fs::mkdir(path, Mode::RWXU) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::EXIST) => {}
-        Err(e) => return Err(io_err(e)),
-    }
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(io_err)?;
-    let st = rustix::fs::fstat(&fd).map_err(io_err)?;
-    if st.st_uid != rustix::process::geteuid().as_raw() {
-        return Err(io::Error::other(format!(
-            "{} is owned by uid {}, not us",
-            path.display(),
-            st.st_uid
-        )));
-    }
-    if st.st_mode & 0o077 != 0 {
-        rustix::fs::fchmod(&fd, Mode::RWXU).map_err(io_err)?;
-    }
-    Ok(fd)
-}
-
-/// The default store directory: a tmpfs with huge pages mounted at `DEFAULT_DIR` (it stays
-/// mounted after the daemon exits: it is the warm cache), or `FALLBACK_DIR` when that fails.
-fn default_dir() -> io::Result<PathBuf> {
-    let path = Path::new(DEFAULT_DIR);
-    let prepared = (|| -> io::Result<()> {
-        if let Some(parent) = path.parent() {
-            own_dir(parent)?;
-        }
-        own_dir(path)?;
-        let here = rustix::fs::stat(path).map_err(io_err)?;
-        let up = rustix::fs::stat(path.join("..").as_path()).map_err(io_err)?;
-        if here.st_dev != up.st_dev {
-            return Ok(()); // already a mount point (ours, from an earlier run)
-        }
-        let data = CString::new("mode=0700,huge=within_size").map_err(io::Error::other)?;
-        rustix::mount::mount(
-            "nitro-uring-store",
-            path,
-            "tmpfs",
-            rustix::mount::MountFlags::NOSUID
-                | rustix::mount::MountFlags::NODEV
-                | rustix::mount::MountFlags::NOEXEC,
-            data.as_c_str(),
-        )
-        .map_err(io_err)
-    })();
-    match prepared {
-        Ok(()) => Ok(path.to_path_buf()),
-        Err(e) => {
-            tracing::warn!(
-                "store: could not mount a huge-page tmpfs at {DEFAULT_DIR} ({e}); using {FALLBACK_DIR} (4 KiB pages: mmap loads are slower)"
-            );
-            Ok(PathBuf::from(FALLBACK_DIR))
-        }
-    }
-}
-
-/// The file in each source's store directory that names the source (for `collect_orphans`).
-const SOURCE_RECORD: &str = "source";
-
-/// Removes the store directories of sources that are gone (deleted, or a different directory
-/// now at that path) and that no daemon holds, so their RAM does not stay taken forever. A
-/// directory whose source still exists is kept: mounting it again finds its files warm.
-fn collect_orphans(base: &OwnedFd, ours: &str) {
-    let Ok(list) = rustix::fs::Dir::read_from(base) else {
-        return;
-    };
-    for ent in list.flatten() {
-        let name = ent.file_name().to_string_lossy().into_owned();
-        let Some(id) = name.strip_prefix("src-") else {
-            continue;
-        };
-        if name == ours {
-            continue;
-        }
-        let Ok(dir) = rustix::fs::openat(
-            base,
-            name.as_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            continue;
-        };
-        if rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-            continue; // a live daemon's
-        }
-        let recorded = rustix::fs::openat(
-            &dir,
-            SOURCE_RECORD,
-            OFlags::RDONLY | OFlags::NOFOLLOW,
-            Mode::empty(),
-        )
-        .ok()
-        .and_then(|fd| {
-            let mut buf = vec![0u8; 4096];
-            let n = rustix::io::read(&fd, &mut buf).ok()?;
-            buf.truncate(n);
-            Some(buf)
-        });
-        let alive = recorded.is_some_and(|r| {
-            let text = String::from_utf8_lossy(r.strip_suffix(b"\n").unwrap_or(&r)).into_owned();
-            std::fs::metadata(&text).is_ok_and(|m| {
-                use std::os::unix::fs::MetadataExt;
-                format!("{:x}-{:x}", m.dev(), m.ino()) == id
-            })
-        });
-        if alive {
-            continue;
-        }
-        if let Ok(files) = rustix::fs::Dir::read_from(&dir) {
-            for f in files.flatten() {
-                let n = f.file_name().to_string_lossy().into_owned();
-                if n != "." && n != ".." {
-                    let _ = rustix::fs::unlinkat(&dir, n.as_str(), AtFlags::empty());
-                }
-            }
-        }
-        let _ = rustix::fs::unlinkat(base, name.as_str(), AtFlags::REMOVEDIR);
-        tracing::debug!("store: removed {name} (its source is gone)");
-    }
-}
-
-/// Parses a store file name back into the stamp it was written for.
-fn parse_name(name: &str) -> Option<Stamp> {
-    let parts: Vec<u64> = name
-        .split('-')
-        .map(|p| u64::from_str_radix(p, 16).ok())
-        .collect::<Option<_>>()?;
-    match parts[..] {
-        [dev, ino, size, mtime, ctime] => Some((dev, ino, size, mtime as i64, ctime as i64)),
-        _ => None,
-    }
-}
-
-fn name_of(stamp: &Stamp) -> String {
-    format!(
-        "{:x}-{:x}-{:x}-{:x}-{:x}",
-        stamp.0, stamp.1, stamp.2, stamp.3 as u64, stamp.4 as u64
-    )
 }
 
 impl Store {
