@@ -14,8 +14,6 @@ use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
-
 /// Root's sockets: /run/nitro-uring/ctl/<major>-<minor>.sock.
 pub const ROOT_DIR: &str = "/run/nitro-uring/ctl";
 
@@ -91,31 +89,9 @@ pub fn containing_mount(path: &Path) -> Option<MountInfo> {
     best
 }
 
-/// Creates `path` (0700, ours) if missing and checks it: a directory we own that nobody else
-/// can enter, reached without following a symlink.
+/// Creates `path` (0700, ours) if missing and checks it (the store's rule: see `store::own_dir`).
 fn own_dir(path: &Path) -> io::Result<()> {
-    match rustix::fs::mkdir(path, Mode::RWXU) {
-        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-        Err(e) => return Err(io_err(e)),
-    }
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(io_err)?;
-    let st = rustix::fs::fstat(&fd).map_err(io_err)?;
-    if st.st_uid != rustix::process::geteuid().as_raw() {
-        return Err(io::Error::other(format!(
-            "{} belongs to uid {}, not to us",
-            path.display(),
-            st.st_uid
-        )));
-    }
-    if st.st_mode & 0o077 != 0 {
-        rustix::fs::fchmod(&fd, Mode::RWXU).map_err(io_err)?;
-    }
-    Ok(())
+    crate::store::own_dir(path).map(drop)
 }
 
 /// A bound control socket: removed again on drop (if it is still the one we bound).

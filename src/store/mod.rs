@@ -38,7 +38,8 @@ mod place;
 
 pub use entry::Entry;
 pub use place::StoreMode;
-use place::{SOURCE_RECORD, collect_orphans, default_dir, name_of, own_dir, parse_name};
+pub(crate) use place::own_dir;
+use place::{SOURCE_RECORD, collect_orphans, default_dir, name_of, parse_name};
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const PAGE_BYTES: u64 = 4096;

@@ -59,7 +59,7 @@ impl StoreMode {
 /// Creates `path` as a 0700 directory owned by us if it is missing, and opens it without
 /// following a symlink; refuses one that someone else owns or others can enter (a shared
 /// /dev/shm lets any user create the name first).
-pub(super) fn own_dir(path: &Path) -> io::Result<OwnedFd> {
+pub(crate) fn own_dir(path: &Path) -> io::Result<OwnedFd> {
     match rustix::fs::mkdir(path, Mode::RWXU) {
         Ok(()) => {}
         Err(rustix::io::Errno::EXIST) => {}
