@@ -84,6 +84,15 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The weight header already parsed for this stable version, if any (parsed once per version).
+    fn known_header(&self, stamp: Stamp) -> Option<(Option<Arc<Layout>>, DtypeHint)> {
+        self.map
+            .lock()
+            .get(&(stamp.0, stamp.1))
+            .filter(|c| c.stable && c.stamp == stamp)
+            .map(|c| c.header.clone())
+    }
+
     /// The open version with this stamp, if it is stable and some handle still holds it, and
     /// whether this open is its first (it was made by a set prefetch).
     fn shared(&self, stamp: Stamp) -> Option<(Arc<Source>, bool)> {
@@ -195,14 +204,7 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
     let stable = is_stable(&st, SystemTime::now());
     // The weight header: parsed once per version. A new version's is read through a buffered
     // descriptor held only for this, with no lock held (it can be a large read).
-    let known = ctx
-        .registry
-        .map
-        .lock()
-        .get(&(stamp.0, stamp.1))
-        .filter(|c| c.stable && c.stamp == stamp)
-        .map(|c| c.header.clone());
-    let (layout, default_hint) = match known {
+    let (layout, default_hint) = match ctx.registry.known_header(stamp) {
         Some(h) => h,
         None => {
             let (l, hint) = if direct {
@@ -395,14 +397,7 @@ pub fn open_member(
     if !is_stable(&st, SystemTime::now()) {
         return Err(MemberSkip::Changing);
     }
-    let known = ctx
-        .registry
-        .map
-        .lock()
-        .get(&(want.0, want.1))
-        .filter(|c| c.stable && c.stamp == want)
-        .map(|c| c.header.clone());
-    let (layout, default_hint) = match known {
+    let (layout, default_hint) = match ctx.registry.known_header(want) {
         Some(h) => h,
         None => {
             let (l, hint) = match ctx.reopener.open_read(path_fd, false) {
