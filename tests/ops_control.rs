@@ -441,3 +441,78 @@ fn a_bad_or_busy_metrics_address_mounts_nothing() {
         assert!(!is_mounted(&dirs.mnt), "{bad}: mounted anyway");
     }
 }
+
+/// Another user who can read files through the mount (`--allow-other`) still cannot drive it: the
+/// control socket is 0600 in a 0700 directory and the daemon checks its peer's uid, so `stats`,
+/// `warm` and `evict` from that user fail with one line and change nothing.
+#[test]
+fn another_user_cannot_use_the_control_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let dirs = Dirs::new();
+    let data = pattern(11, 8 << 20);
+    write_file(&dirs.src.join("f.bin"), &data);
+    for p in [dirs.root.path(), dirs.src.as_path(), dirs.mnt.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    std::fs::set_permissions(
+        dirs.src.join("f.bin"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    // A copy of the program other users may run, wherever the build tree is.
+    let prog = dirs.root.path().join("nitro-uring");
+    std::fs::copy(bin(), &prog).expect("copy the program");
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    thread::sleep(RACY);
+    let _d = Daemon::start(&dirs.src, &dirs.mnt, &["--pool", "64M", "--allow-other"]);
+    let file = dirs.mnt.join("f.bin");
+    let run = |args: &[&OsStr]| -> Output {
+        std::process::Command::new(&prog)
+            .args(args)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .current_dir("/")
+            .output()
+            .expect("run as nobody")
+    };
+    // The other user can read the file itself (so the refusals below are the socket's).
+    let cat = std::process::Command::new("cat")
+        .arg(&file)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("cat as nobody");
+    assert!(
+        cat.status.success() && cat.stdout == data,
+        "nobody reads the file"
+    );
+    // The read above admitted the file to the store: let that fill finish, so nothing moves below
+    // unless the other user's commands moved it.
+    let t = Instant::now();
+    while num(&stats(&dirs.mnt), "fill_bytes") < data.len() as f64 {
+        assert!(t.elapsed() < WAIT, "the file was never filled");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let before = stats(&dirs.mnt);
+    for (args, what) in [
+        (vec![os("stats"), dirs.mnt.as_os_str()], "stats"),
+        (vec![os("warm"), file.as_os_str()], "warm"),
+        (vec![os("evict"), file.as_os_str()], "evict"),
+        (vec![os("pin"), file.as_os_str()], "pin"),
+    ] {
+        let line = one_line_failure(&run(&args), what);
+        eprintln!("{what} as nobody: {line}");
+        assert!(
+            line.contains("permission denied")
+                || line.contains("not allowed")
+                || line.contains("refused"),
+            "{what} as nobody: {line}"
+        );
+    }
+    let after = stats(&dirs.mnt);
+    for key in ["pool.pinned_bytes", "pool.store_bytes", "fill_bytes"] {
+        assert_eq!(num(&before, key), num(&after, key), "{key} moved");
+    }
+}
