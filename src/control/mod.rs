@@ -45,8 +45,8 @@ use telemetry::Telemetry;
 pub struct Ctx {
     pub shared: Arc<Shared>,
     pub telemetry: Arc<Telemetry>,
-    /// The source tree as the control channel walks it (None: a remote source, see `catalog`).
-    pub local_catalog: Option<Catalog>,
+    /// The source tree as the control channel walks it (a local directory or a bucket).
+    pub tree: Option<Catalog>,
     pub tx: Sender<Msg>,
     pub waker: Waker,
     pub pins: Mutex<pins::Pins>,
@@ -59,9 +59,9 @@ pub struct Ctx {
 impl Ctx {
     /// The walker of the source tree for commands that name files (warm, pin, evict).
     pub fn catalog(&self) -> Result<&Catalog, String> {
-        self.local_catalog.as_ref().ok_or_else(|| {
-            "naming files (warm, pin, unpin, evict) is not available for s3:// sources yet; stats is".into()
-        })
+        self.tree
+            .as_ref()
+            .ok_or_else(|| "this mount has no source tree to name files in".into())
     }
 
     pub fn new(
@@ -77,7 +77,7 @@ impl Ctx {
             rates: Mutex::new(report::Sampler::new(&shared, &telemetry)),
             shared,
             telemetry,
-            local_catalog: catalog,
+            tree: catalog,
             tx,
             waker,
             pins: Mutex::new(pins::Pins::new(pool)),

@@ -27,7 +27,58 @@ use crate::engine::{Source, Stamp};
 const MAX_FILES: usize = 100_000;
 const MAX_DEPTH: usize = 64;
 
-pub struct Catalog {
+/// The control channel's view of the source: a local tree walked by descriptors, or a bucket.
+pub enum Catalog {
+    Local(Local),
+    Remote(Arc<dyn RemoteCatalog>),
+}
+
+/// What a remote source offers the control channel (see `remote::catalog`).
+pub trait RemoteCatalog: Send + Sync {
+    fn find(&self, paths: &[String]) -> Result<Found, String>;
+    fn open(&self, t: &Target) -> Result<Opened, String>;
+    fn file_id_of(&self, stamp: Stamp) -> Option<u64>;
+    fn versions(&self) -> Vec<(u64, Stamp, Arc<str>)>;
+}
+
+impl Catalog {
+    /// The files `paths` (relative to the mount's root) name, directories walked, in the order a
+    /// loader reads them (numbered shards by number, then by name). Err: the first path that does
+    /// not resolve, in words.
+    pub fn find(&self, paths: &[String]) -> Result<Found, String> {
+        match self {
+            Catalog::Local(l) => l.find(paths),
+            Catalog::Remote(r) => r.find(paths),
+        }
+    }
+
+    /// The version an open of `t` would read now, opened as an open does (shared with the opens
+    /// of the same version).
+    pub fn open(&self, t: &Target) -> Result<Opened, String> {
+        match self {
+            Catalog::Local(l) => l.open(t),
+            Catalog::Remote(r) => r.open(t),
+        }
+    }
+
+    /// The cache id the chunks of the version with this stamp are kept under, if it was opened.
+    pub fn file_id_of(&self, stamp: Stamp) -> Option<u64> {
+        match self {
+            Catalog::Local(l) => l.registry.file_id_of(stamp),
+            Catalog::Remote(r) => r.file_id_of(stamp),
+        }
+    }
+
+    /// Every version opened so far: (cache id, stamp, name).
+    pub fn versions(&self) -> Vec<(u64, Stamp, Arc<str>)> {
+        match self {
+            Catalog::Local(l) => l.registry.list(),
+            Catalog::Remote(r) => r.versions(),
+        }
+    }
+}
+
+pub struct Local {
     nodes: Arc<Nodes>,
     reopener: Reopener,
     registry: Arc<Registry>,
@@ -38,8 +89,8 @@ pub struct Catalog {
 pub struct Target {
     /// Relative to the mount's root, for messages.
     pub path: String,
-    /// `O_PATH` descriptor of the object.
-    pub fd: OwnedFd,
+    /// `O_PATH` descriptor of the object (None: an object in a bucket, found by `path`).
+    pub fd: Option<OwnedFd>,
     pub size: u64,
     pub stamp: Stamp,
 }
@@ -70,24 +121,21 @@ fn why(e: &std::io::Error) -> String {
     }
 }
 
-impl Catalog {
+impl Local {
     pub(super) fn new(
         nodes: Arc<Nodes>,
         registry: Arc<Registry>,
         next_file_id: Arc<AtomicU64>,
     ) -> std::io::Result<Catalog> {
-        Ok(Catalog {
+        Ok(Catalog::Local(Local {
             nodes,
             reopener: Reopener::new()?,
             registry,
             next_file_id,
-        })
+        }))
     }
 
-    /// The files `paths` (relative to the mount's root) name, directories walked, in the order a
-    /// loader reads them (numbered shards by number, then by name). Err: the first path that does
-    /// not resolve, in words.
-    pub fn find(&self, paths: &[String]) -> Result<Found, String> {
+    fn find(&self, paths: &[String]) -> Result<Found, String> {
         let root = self
             .nodes
             .root()
@@ -126,7 +174,7 @@ impl Catalog {
             }
             out.files.push(Target {
                 path,
-                fd,
+                fd: Some(fd),
                 size: st.stx_size,
                 stamp: sys::stamp(&st),
             });
@@ -166,10 +214,12 @@ impl Catalog {
         Ok(())
     }
 
-    /// The version an open of `t` would read now, opened as an open does (shared with the opens
-    /// of the same stamp).
-    pub fn open(&self, t: &Target) -> Result<Opened, String> {
-        let fd = t.fd.try_clone().map_err(|e| format!("{}: {e}", t.path))?;
+    fn open(&self, t: &Target) -> Result<Opened, String> {
+        let fd =
+            t.fd.as_ref()
+                .ok_or_else(|| format!("{}: not a local file", t.path))?
+                .try_clone()
+                .map_err(|e| format!("{}: {e}", t.path))?;
         let name: Arc<str> = t.path.rsplit('/').next().unwrap_or(&t.path).into();
         let node = Node::detached(fd, name);
         let ctx = versions::Ctx {
@@ -190,16 +240,6 @@ impl Catalog {
             stable: opened.stable,
             purge,
         })
-    }
-
-    /// The cache id the chunks of the version with this stamp are kept under, if it was opened.
-    pub fn file_id_of(&self, stamp: Stamp) -> Option<u64> {
-        self.registry.file_id_of(stamp)
-    }
-
-    /// Every version opened so far: (cache id, stamp, name).
-    pub fn versions(&self) -> Vec<(u64, Stamp, Arc<str>)> {
-        self.registry.list()
     }
 }
 

@@ -428,9 +428,10 @@ impl Mounted {
                     notifier_slot.clone(),
                     telemetry.clone(),
                 );
+                let catalog = fs.catalog();
                 let (unmounter, notifier, run) = session_of(fs, &cfg.mountpoint, &config)?;
                 let _ = notifier_slot.set(notifier);
-                (unmounter, run, None, None)
+                (unmounter, run, None, Some(catalog))
             }
             None => {
                 let fs = NitroFs::new(

@@ -59,18 +59,26 @@ struct Handle {
     stream: Stream,
 }
 
+/// What the FUSE front and the control channel's catalog share: the bucket, its tree, and the
+/// versions opened so far.
+pub struct Core {
+    pub(super) client: Arc<Client>,
+    pub(super) tree: Tree,
+    pub(super) shared: Arc<Shared>,
+    pub(super) reader: Reader,
+    registry: Mutex<std::collections::HashMap<String, Current>>,
+    next_file_id: AtomicU64,
+}
+
 pub struct RemoteFs {
+    core: Arc<Core>,
     client: Arc<Client>,
-    tree: Tree,
     shared: Arc<Shared>,
     opts: Options,
-    reader: Reader,
-    registry: Mutex<std::collections::HashMap<String, Current>>,
     handles: parking_lot::RwLock<std::collections::HashMap<u64, Arc<Handle>>>,
     /// Open directories: (path, the listing taken at opendir).
     dirs: Mutex<std::collections::HashMap<u64, (String, Listing)>>,
     next_fh: AtomicU64,
-    next_file_id: AtomicU64,
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     passthrough: AtomicBool,
     uid: u32,
@@ -108,22 +116,32 @@ impl RemoteFs {
             readahead_bytes: opts.readahead_bytes,
             max_readahead_bytes: opts.max_readahead_bytes,
         };
-        RemoteFs {
-            client,
+        let core = Arc::new(Core {
+            client: client.clone(),
             tree: Tree::new(),
-            shared,
-            opts,
+            shared: shared.clone(),
             reader,
             registry: Mutex::new(std::collections::HashMap::new()),
+            next_file_id: AtomicU64::new(1),
+        });
+        RemoteFs {
+            core,
+            client,
+            shared,
+            opts,
             handles: parking_lot::RwLock::new(std::collections::HashMap::new()),
             dirs: Mutex::new(std::collections::HashMap::new()),
             next_fh: AtomicU64::new(1),
-            next_file_id: AtomicU64::new(1),
             notifier,
             passthrough: AtomicBool::new(false),
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
         }
+    }
+
+    /// What lets the control channel find objects and open versions as an open does.
+    pub fn catalog(&self) -> crate::fuse::catalog::Catalog {
+        crate::fuse::catalog::Catalog::Remote(self.core.clone())
     }
 
     fn attr(&self, node: &Inode) -> FileAttr {
@@ -160,16 +178,55 @@ impl RemoteFs {
     }
 
     fn node(&self, ino: INodeNo) -> Result<Arc<Inode>, Errno> {
-        self.tree.get(ino.0).ok_or(Errno::ENOENT)
+        self.core.tree.get(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    fn add_plus(
+        &self,
+        rel: &str,
+        entries: &[Entry],
+        i: usize,
+        reply: &mut ReplyDirectoryPlus,
+    ) -> bool {
+        let node = self.core.tree.node_for(rel, &entries[i], 1);
+        let full = reply.add(
+            INodeNo(node.ino),
+            (i + 3) as u64,
+            &entries[i].name,
+            &self.ttl(),
+            &self.attr(&node),
+            GENERATION,
+        );
+        if full {
+            self.core.tree.forget(node.ino, 1);
+        }
+        full
+    }
+}
+
+impl Core {
+    /// Every version opened so far: (cache id, stamp, path).
+    pub(super) fn known(&self) -> Vec<(u64, crate::engine::Stamp, Arc<str>)> {
+        self.registry
+            .lock()
+            .iter()
+            .map(|(rel, c)| {
+                (
+                    c.file_id,
+                    c.object.stamp(self.client.id.0),
+                    rel.as_str().into(),
+                )
+            })
+            .collect()
     }
 
     /// The version an open reads: HEAD now; the last known one when the endpoint does not answer.
-    fn current_object(&self, node: &Inode) -> Result<Object, Errno> {
-        let key = self.client.file_key(&node.rel);
+    pub(super) fn current_object(&self, rel: &str) -> Result<Object, Errno> {
+        let key = self.client.file_key(rel);
         match self.client.head(&key) {
             Ok(o) => Ok(o),
             Err(object_store::Error::NotFound { .. }) => {
-                if let Some((parent, _)) = node.rel.rsplit_once('/') {
+                if let Some((parent, _)) = rel.rsplit_once('/') {
                     self.tree.drop_listing(parent);
                 } else {
                     self.tree.drop_listing("");
@@ -177,22 +234,18 @@ impl RemoteFs {
                 Err(Errno::ENOENT)
             }
             Err(e) => {
-                let known = self
-                    .registry
-                    .lock()
-                    .get(&node.rel)
-                    .map(|c| c.object.clone());
+                let known = self.registry.lock().get(rel).map(|c| c.object.clone());
                 match known {
                     Some(o) => {
                         tracing::warn!(
                             "HEAD {} failed ({}); serving the version cached here",
-                            node.rel,
+                            rel,
                             super::short(&e.to_string())
                         );
                         Ok(o)
                     }
                     None => {
-                        tracing::warn!("HEAD {}: {}", node.rel, super::short(&e.to_string()));
+                        tracing::warn!("HEAD {}: {}", rel, super::short(&e.to_string()));
                         Err(Errno::EIO)
                     }
                 }
@@ -201,7 +254,11 @@ impl RemoteFs {
     }
 
     /// The weight header of a new version (one or two small GETs), for the compressor's hints.
-    fn header_of(&self, object: &Object, name: &str) -> (Option<Arc<Layout>>, DtypeHint) {
+    pub(super) fn header_of(
+        &self,
+        object: &Object,
+        name: &str,
+    ) -> (Option<Arc<Layout>>, DtypeHint) {
         let client = &self.client;
         let read_at = |buf: &mut [u8], at: u64| -> std::io::Result<usize> {
             if buf.is_empty() || at >= object.size {
@@ -230,11 +287,18 @@ impl RemoteFs {
         (l.map(Arc::new), hint)
     }
 
-    /// The `Source` of `object` for an open of `node`: the live one if some handle holds it,
+    /// The `Source` of `object` (at `rel`) for an open: the live one if some handle holds it,
     /// else a new one (same cache id if the version is unchanged). Also whether it was opened
-    /// before (a reuse) and whether the object changed since the last open.
-    fn version(&self, node: &Inode, object: Object) -> (Arc<Source>, bool, bool) {
-        let known = self.registry.lock().get(&node.rel).and_then(|c| {
+    /// before (a reuse) and whether the object changed since the last open. `node`: the kernel's
+    /// inode that opened it (None: the control channel).
+    pub(super) fn version(
+        &self,
+        rel: &str,
+        node: Option<&Inode>,
+        object: Object,
+    ) -> (Arc<Source>, bool, bool) {
+        let name: Arc<str> = rel.rsplit('/').next().unwrap_or(rel).into();
+        let known = self.registry.lock().get(rel).and_then(|c| {
             (c.object == object).then(|| {
                 (
                     c.source.upgrade(),
@@ -251,7 +315,7 @@ impl RemoteFs {
             Some((_, id, header, logged)) => (id, header, logged, true),
             None => (
                 self.next_file_id.fetch_add(1, Ordering::Relaxed),
-                self.header_of(&object, &node.name),
+                self.header_of(&object, &name),
                 Arc::new(AtomicBool::new(false)),
                 false,
             ),
@@ -260,8 +324,8 @@ impl RemoteFs {
             file_id,
             origin: Origin::Remote(Arc::new(object.clone())),
             size: object.size,
-            name: node.name.clone(),
-            fuse_ino: node.ino,
+            name,
+            fuse_ino: node.map_or(0, |n| n.ino),
             layout: header.0.clone(),
             default_hint: header.1,
             compressed_logical_bytes: AtomicU64::new(0),
@@ -273,14 +337,14 @@ impl RemoteFs {
         });
         let mut reg = self.registry.lock();
         // Another open may have made the same version meanwhile: share it.
-        if let Some(c) = reg.get(&node.rel)
+        if let Some(c) = reg.get(rel)
             && c.object == object
             && let Some(live) = c.source.upgrade()
         {
             return (live, true, false);
         }
         let old = reg.insert(
-            node.rel.clone(),
+            rel.to_string(),
             Current {
                 object: object.clone(),
                 file_id,
@@ -292,7 +356,7 @@ impl RemoteFs {
         drop(reg);
         let changed = match old {
             Some(o) if o.file_id != file_id => {
-                tracing::info!("INVALIDATE {} (new ETag in the bucket)", node.rel);
+                tracing::info!("INVALIDATE {rel} (new ETag in the bucket)");
                 self.shared
                     .stats
                     .invalidations
@@ -302,16 +366,18 @@ impl RemoteFs {
             }
             Some(_) => false,
             None => {
-                tracing::info!("OPEN {} ({} MiB)", node.rel, object.size >> 20);
+                tracing::info!("OPEN {rel} ({} MiB)", object.size >> 20);
                 false
             }
         };
-        *node.object.lock() = Some(object);
+        if let Some(n) = node {
+            *n.object.lock() = Some(object);
+        }
         (src, reused, changed)
     }
 
     /// Binds a version to its store file, or asks the engine to fetch it whole into one.
-    fn attach_store(&self, src: &Arc<Source>, reused: bool) {
+    pub(super) fn attach_store(&self, src: &Arc<Source>, reused: bool) {
         let Some(store) = self.shared.store.as_ref() else {
             return;
         };
@@ -327,28 +393,6 @@ impl RemoteFs {
                 reused,
             }),
         }
-    }
-
-    fn add_plus(
-        &self,
-        rel: &str,
-        entries: &[Entry],
-        i: usize,
-        reply: &mut ReplyDirectoryPlus,
-    ) -> bool {
-        let node = self.tree.node_for(rel, &entries[i], 1);
-        let full = reply.add(
-            INodeNo(node.ino),
-            (i + 3) as u64,
-            &entries[i].name,
-            &self.ttl(),
-            &self.attr(&node),
-            GENERATION,
-        );
-        if full {
-            self.tree.forget(node.ino, 1);
-        }
-        full
     }
 }
 
@@ -384,14 +428,14 @@ impl Filesystem for RemoteFs {
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
-        match self.tree.lookup(&self.client, &parent, name) {
+        match self.core.tree.lookup(&self.client, &parent, name) {
             Ok(n) => reply.entry(&self.ttl(), &self.attr(&n), GENERATION),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.tree.forget(ino.0, nlookup);
+        self.core.tree.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -416,16 +460,16 @@ impl Filesystem for RemoteFs {
             Ok(_) => return reply.error(Errno::EISDIR),
             Err(e) => return reply.error(e),
         };
-        let object = match self.current_object(&node) {
+        let object = match self.core.current_object(&node.rel) {
             Ok(o) => o,
             Err(e) => return reply.error(e),
         };
-        let (src, reused, changed) = self.version(&node, object);
+        let (src, reused, changed) = self.core.version(&node.rel, Some(&node), object);
         if changed && let Some(n) = self.notifier.get() {
             // Attributes only: fstat after this open must see the new size (see `fuse::open`).
             let _ = n.inval_inode(ino, -1, 0);
         }
-        self.attach_store(&src, reused);
+        self.core.attach_store(&src, reused);
         let choice = passthrough::choose(&node.versions, &src, &self.passthrough, |e| {
             let store = self
                 .shared
@@ -486,7 +530,8 @@ impl Filesystem for RemoteFs {
         let Some(h) = self.handles.read().get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
-        self.reader
+        self.core
+            .reader
             .serve(&h.src, &h.stream, fh.0, offset, size, reply);
     }
 
@@ -526,7 +571,7 @@ impl Filesystem for RemoteFs {
             Ok(_) => return reply.error(Errno::ENOTDIR),
             Err(e) => return reply.error(e),
         };
-        match self.tree.list(&self.client, &node.rel) {
+        match self.core.tree.list(&self.client, &node.rel) {
             Ok(l) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 self.dirs.lock().insert(fh, (node.rel.clone(), l));
@@ -565,7 +610,7 @@ impl Filesystem for RemoteFs {
                 Kind::Dir => FileType::Directory,
                 Kind::File => FileType::RegularFile,
             };
-            let ino = self.tree.listed_ino(&rel, &e.name);
+            let ino = self.core.tree.listed_ino(&rel, &e.name);
             if reply.add(INodeNo(ino), (i + 3) as u64, kind, &e.name) {
                 break;
             }

@@ -16,6 +16,7 @@
 //! solved there and kept up by the Arrow project. The shared credentials file is read here
 //! (`creds`), since `object_store` reads only the environment.
 
+mod catalog;
 mod creds;
 mod fetch;
 pub mod fs;
@@ -101,7 +102,7 @@ pub struct Object {
     pub key: KeyPath,
     pub etag: Option<String>,
     pub size: u64,
-    /// Last-Modified, in ns since the epoch.
+    /// Last-Modified, in ns since the epoch (whole seconds).
     pub mtime_ns: i64,
 }
 
@@ -112,10 +113,9 @@ impl Object {
             key: meta.location.clone(),
             etag: meta.e_tag.clone(),
             size: meta.size,
-            mtime_ns: t
-                .timestamp()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(i64::from(t.timestamp_subsec_nanos())),
+            // Whole seconds: a listing says milliseconds, a HEAD seconds, and both must name the
+            // same version.
+            mtime_ns: t.timestamp().saturating_mul(1_000_000_000),
         }
     }
 

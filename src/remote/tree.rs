@@ -41,7 +41,6 @@ pub struct Inode {
     pub ino: u64,
     /// Path below the mount's prefix ("" for the root).
     pub rel: String,
-    pub name: Arc<str>,
     pub kind: Kind,
     /// The object as last listed or opened (files).
     pub object: Mutex<Option<Object>>,
@@ -64,7 +63,6 @@ impl Tree {
         let root = Arc::new(Inode {
             ino: ROOT_INO,
             rel: String::new(),
-            name: "".into(),
             kind: Kind::Dir,
             object: Mutex::new(None),
             lookups: AtomicU64::new(1),
@@ -179,7 +177,6 @@ impl Tree {
         let n = Arc::new(Inode {
             ino,
             rel: rel.clone(),
-            name: e.name.as_str().into(),
             kind: e.kind,
             object: Mutex::new(e.object.clone()),
             lookups: AtomicU64::new(refs),
