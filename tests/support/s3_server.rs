@@ -89,28 +89,41 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
-/// Runs `moto.server.main` (the same as `python3 -m moto.server ARGS`) after one change that
-/// keeps the protocol as it is and only makes ranged reads cost their range: moto answers every
-/// GET by reading the whole object from its buffer and slicing the range out of that copy, so a
-/// 1 MiB range of a 1 GiB object costs a 1 GiB read (about 0.6 s here: a daemon reading the
-/// object in chunks would take minutes per pass). For a plain object GET with one `bytes=A-B`
-/// range, the body handed to moto's own range handling is a view whose slice reads only those
-/// bytes from the buffer, under the key's lock. Everything else (authentication, `If-Match`,
-/// 206/416, headers) is moto's code. If moto's internals no longer look as expected the server
-/// exits with a message rather than run unpatched (slow) or half-patched.
+/// Runs `moto.server.main` (the same as `python3 -m moto.server ARGS`) after two changes that keep
+/// the protocol as it is:
+///
+/// 1. Ranged reads cost their range. moto answers every GET by reading the whole object from its
+///    buffer and slicing the range out of that copy, so a 1 MiB range of a 1 GiB object costs a
+///    1 GiB read (about 0.6 s here: a daemon reading the object in chunks would take minutes per
+///    pass). For a plain object GET with one `bytes=A-B` range, the body handed to moto's own
+///    range handling is a view whose slice reads only those bytes, under the key's lock.
+/// 2. With authentication on, signatures are checked against the request target as sent (its
+///    query in SigV4's canonical form). moto checks them against the URL werkzeug rebuilt, in
+///    which percent-escapes are decoded, and takes the query as it is, so any correctly signed
+///    LIST with a prefix or a delimiter (`prefix=models%2F`, or `prefix=a+dir` from clients that
+///    send a space as `+`) is refused with SignatureDoesNotMatch.
+///
+/// Everything else (authentication itself, `If-Match`, 206/416, headers) is moto's code. If moto's
+/// internals no longer look as expected the server exits with a message rather than run unpatched
+/// or half-patched.
 pub const MOTO_LAUNCHER: &str = r#"
 import re, sys, threading
-from urllib.parse import urlparse, parse_qs
+from urllib.parse import urlparse, parse_qs, parse_qsl, quote
 try:
     import moto
     import moto.s3.models as models
     import moto.s3.responses as responses
+    import moto.core.authorization as authorization
     from moto.server import main
     value_prop = models.FakeKey.value
     assert isinstance(value_prop, property) and value_prop.fget and value_prop.fset
     assert callable(responses.S3Response.key_response)
     assert callable(responses.S3Response._handle_range_header)
     assert isinstance(models.FakeKey.size, property)
+    assert callable(responses.S3Response.setup_class)
+    assert callable(authorization.ActionAuthenticatorMixin._authenticate_and_authorize_action)
+    assert "self.uri" in __import__("inspect").getsource(
+        authorization.ActionAuthenticatorMixin._authenticate_and_authorize_action)
 except Exception as e:
     sys.exit("nitro test launcher: moto's S3 internals changed (%r); update MOTO_LAUNCHER in "
              "tests/support/s3_server.rs" % (e,))
@@ -154,7 +167,41 @@ def key_response(self, request, *args, **kwargs):
         _req.ranged = False
 
 responses.S3Response.key_response = key_response
-print("nitro test launcher: moto %s, ranged GETs read only their range" % moto.__version__,
+
+# With authentication on, moto rebuilds the request to check its signature from the URL werkzeug
+# reconstructed, in which percent-escapes are decoded (`prefix=models%2F` becomes
+# `prefix=models/`), so every correctly signed request with an escaped character in its path or
+# query (any LIST with a prefix or a delimiter) fails with SignatureDoesNotMatch. Check it against
+# the request target as it came over the wire instead.
+orig_setup_class = responses.S3Response.setup_class
+
+def setup_class(self, request, *args, **kwargs):
+    r = orig_setup_class(self, request, *args, **kwargs)
+    env = getattr(request, "environ", None)
+    self._nitro_raw_uri = env.get("RAW_URI") if isinstance(env, dict) else None
+    return r
+
+orig_auth = authorization.ActionAuthenticatorMixin._authenticate_and_authorize_action
+
+def authenticate(self, *args, **kwargs):
+    raw = getattr(self, "_nitro_raw_uri", None)
+    if not raw or not raw.startswith("/"):
+        return orig_auth(self, *args, **kwargs)
+    # SigV4's canonical query: every name and value decoded ('+' is a space) and escaped again
+    path, _, query = raw.partition("?")
+    pairs = sorted((quote(k, safe="-_.~"), quote(v, safe="-_.~"))
+                   for k, v in parse_qsl(query, keep_blank_values=True))
+    saved = self.uri
+    self.uri = "http://raw" + path + ("?" + "&".join(k + "=" + v for k, v in pairs) if pairs else "")
+    try:
+        return orig_auth(self, *args, **kwargs)
+    finally:
+        self.uri = saved
+
+responses.S3Response.setup_class = setup_class
+authorization.ActionAuthenticatorMixin._authenticate_and_authorize_action = authenticate
+print("nitro test launcher: moto %s, ranged GETs read only their range, signatures checked "
+      "against the raw request target" % moto.__version__,
       file=sys.stderr, flush=True)
 main()
 "#;
@@ -280,10 +327,8 @@ impl S3Server {
                 ));
             }
             // any HTTP answer will do: moto is up
-            if let Ok((code, _)) = self.http("GET", "/moto-api/data.json", b"") {
-                if code > 0 {
-                    return Ok(());
-                }
+            if self.http("GET", "/moto-api/data.json", b"").is_ok() {
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 self.kill();
@@ -530,6 +575,12 @@ pub fn pattern_at(seed: u64, off: u64, len: usize) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // the test's client
 
+/// The object_store path of an S3 key, as it is (`Path::from` would percent-encode non-ASCII
+/// characters into the key itself).
+fn obj_path(key: &str) -> ObjPath {
+    ObjPath::parse(key).unwrap_or_else(|e| panic!("object key {key:?}: {e}"))
+}
+
 /// What a listing or HEAD says about one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjInfo {
@@ -589,7 +640,7 @@ impl S3Client {
     pub fn try_put(&self, key: &str, data: Vec<u8>) -> object_store::Result<String> {
         let r = self
             .rt
-            .block_on(self.store.put(&ObjPath::from(key), PutPayload::from(data)))?;
+            .block_on(self.store.put(&obj_path(key), PutPayload::from(data)))?;
         Ok(r.e_tag.unwrap_or_default())
     }
 
@@ -601,7 +652,7 @@ impl S3Client {
     /// Multipart upload of `pattern(seed, len)` in parts of `part` bytes (the last one shorter),
     /// generated a part at a time. Returns the ETag (`"md5-of-md5s-N"`).
     pub fn put_pattern_multipart(&self, key: &str, seed: u64, len: u64, part: usize) -> String {
-        let path = ObjPath::from(key);
+        let path = obj_path(key);
         let r = self.rt.block_on(async {
             let upload = self.store.put_multipart(&path).await?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, part);
@@ -622,7 +673,7 @@ impl S3Client {
 
     /// Every object under `prefix` (recursively; None: the whole bucket), sorted by key.
     pub fn list(&self, prefix: Option<&str>) -> Vec<ObjInfo> {
-        let p = prefix.map(ObjPath::from);
+        let p = prefix.map(obj_path);
         let mut v: Vec<ObjInfo> = self.rt.block_on(async {
             let mut s = self.store.list(p.as_ref());
             let mut v = Vec::new();
@@ -642,7 +693,7 @@ impl S3Client {
     }
 
     pub fn try_head(&self, key: &str) -> object_store::Result<ObjInfo> {
-        let m = self.rt.block_on(self.store.head(&ObjPath::from(key)))?;
+        let m = self.rt.block_on(self.store.head(&obj_path(key)))?;
         Ok(ObjInfo {
             key: m.location.to_string(),
             size: m.size,
@@ -656,25 +707,36 @@ impl S3Client {
             .unwrap_or_else(|e| panic!("HEAD {}/{key}: {e}", self.bucket))
     }
 
-    /// GET of `range` of the object.
-    pub fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Vec<u8> {
-        let path = ObjPath::from(key);
+    /// GET of `range` of the object, with `If-Match: if_match` if given.
+    pub fn try_get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        if_match: Option<&str>,
+    ) -> object_store::Result<Vec<u8>> {
+        let path = obj_path(key);
         self.rt
             .block_on(async {
                 let opts = GetOptions {
                     range: Some(GetRange::Bounded(range.clone())),
+                    if_match: if_match.map(str::to_string),
                     ..Default::default()
                 };
                 let r = self.store.get_opts(&path, opts).await?;
                 r.bytes().await
             })
             .map(|b| b.to_vec())
+    }
+
+    /// GET of `range` of the object.
+    pub fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Vec<u8> {
+        self.try_get_range(key, range.clone(), None)
             .unwrap_or_else(|e| panic!("GET {}/{key} {range:?}: {e}", self.bucket))
     }
 
     pub fn delete(&self, key: &str) {
         self.rt
-            .block_on(self.store.delete(&ObjPath::from(key)))
+            .block_on(self.store.delete(&obj_path(key)))
             .unwrap_or_else(|e| panic!("DELETE {}/{key}: {e}", self.bucket));
     }
 }
