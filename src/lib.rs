@@ -11,6 +11,7 @@ pub mod index;
 pub mod logging;
 pub mod mount;
 pub mod policy;
+pub mod remote;
 pub mod sets;
 pub mod size;
 pub mod store;

@@ -48,6 +48,8 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct MountArgs {
+    /// A directory, or s3://BUCKET[/PREFIX] (credentials: AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials; AWS_PROFILE picks a profile)
     source: PathBuf,
     mountpoint: PathBuf,
     /// RAM pool size: 8G, 512M, 1.5GiB, or a plain number of GiB (8.0)
@@ -89,6 +91,24 @@ struct MountArgs {
     /// manifest) prefetches the others into free room: on or off
     #[arg(long, default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     prefetch_sets: bool,
+    /// s3:// sources: the S3-protocol endpoint (default: AWS_ENDPOINT_URL, else AWS itself)
+    #[arg(long, value_name = "URL", help_heading = "S3 sources")]
+    endpoint: Option<String>,
+    /// s3:// sources: the region (default: AWS_REGION, ~/.aws/config, else us-east-1)
+    #[arg(long, help_heading = "S3 sources")]
+    region: Option<String>,
+    /// s3:// sources: ranged GETs in flight at most
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024), help_heading = "S3 sources")]
+    s3_concurrency: u16,
+    /// s3:// sources: retries of a failed request before its read fails with EIO
+    #[arg(long, default_value_t = 3, help_heading = "S3 sources")]
+    s3_retries: u8,
+    /// s3:// sources: seconds one request (with its retries) may take
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600), help_heading = "S3 sources")]
+    s3_timeout: u32,
+    /// s3:// sources: seconds a directory listing is trusted
+    #[arg(long, default_value_t = 60, help_heading = "S3 sources")]
+    list_ttl: u32,
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -150,7 +170,27 @@ fn main() -> ExitCode {
 }
 
 fn run_mount(a: MountArgs) -> anyhow::Result<()> {
+    let remote = match a
+        .source
+        .to_str()
+        .and_then(nitro_uring::remote::Location::parse)
+    {
+        Some(Ok(loc)) => Some((
+            loc,
+            nitro_uring::remote::RemoteOptions {
+                endpoint: a.endpoint.clone(),
+                region: a.region.clone(),
+                concurrency: usize::from(a.s3_concurrency),
+                retries: usize::from(a.s3_retries),
+                timeout: std::time::Duration::from_secs(u64::from(a.s3_timeout)),
+                list_ttl: std::time::Duration::from_secs(u64::from(a.list_ttl)),
+            },
+        )),
+        Some(Err(e)) => anyhow::bail!("{e}"),
+        None => None,
+    };
     let mut cfg = MountConfig::new(a.source, a.mountpoint, a.pool);
+    cfg.remote = remote;
     cfg.chunk_bytes = a.chunk;
     if let Some(t) = a.threads {
         cfg.threads = t;

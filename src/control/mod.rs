@@ -45,7 +45,8 @@ use telemetry::Telemetry;
 pub struct Ctx {
     pub shared: Arc<Shared>,
     pub telemetry: Arc<Telemetry>,
-    pub catalog: Catalog,
+    /// The source tree as the control channel walks it (None: a remote source, see `catalog`).
+    pub local_catalog: Option<Catalog>,
     pub tx: Sender<Msg>,
     pub waker: Waker,
     pub pins: Mutex<pins::Pins>,
@@ -56,10 +57,17 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The walker of the source tree for commands that name files (warm, pin, evict).
+    pub fn catalog(&self) -> Result<&Catalog, String> {
+        self.local_catalog.as_ref().ok_or_else(|| {
+            "naming files (warm, pin, unpin, evict) is not available for s3:// sources yet; stats is".into()
+        })
+    }
+
     pub fn new(
         shared: Arc<Shared>,
         telemetry: Arc<Telemetry>,
-        catalog: Catalog,
+        catalog: Option<Catalog>,
         (tx, waker): (Sender<Msg>, Waker),
         source: PathBuf,
         mountpoint: PathBuf,
@@ -69,7 +77,7 @@ impl Ctx {
             rates: Mutex::new(report::Sampler::new(&shared, &telemetry)),
             shared,
             telemetry,
-            catalog,
+            local_catalog: catalog,
             tx,
             waker,
             pins: Mutex::new(pins::Pins::new(pool)),

@@ -10,7 +10,7 @@ fn outcomes(
     paths: &[String],
     mut each: impl FnMut(&crate::fuse::catalog::Target) -> (bool, String),
 ) -> Reply {
-    let found = match ctx.catalog.find(paths) {
+    let found = match ctx.catalog().and_then(|c| c.find(paths)) {
         Ok(f) => f,
         Err(error) => return Reply::Error { error },
     };
@@ -59,7 +59,7 @@ pub(super) fn evict(ctx: &Ctx, paths: &[String]) -> Reply {
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
         let sent = ctx.send(Msg::Control(Control::Evict {
-            file_id: ctx.catalog.file_id_of(t.stamp),
+            file_id: ctx.catalog().ok().and_then(|c| c.file_id_of(t.stamp)),
             stamp: t.stamp,
             reply: tx,
         }));

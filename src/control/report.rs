@@ -211,7 +211,7 @@ pub fn resident_src(shared: &Shared, src: &Source) -> u64 {
 }
 
 pub fn file_info(ctx: &Ctx, path: &str, stamp: Stamp, size: u64) -> FileInfo {
-    let id = ctx.catalog.file_id_of(stamp);
+    let id = ctx.catalog().ok().and_then(|c| c.file_id_of(stamp));
     let (resident_bytes, compressed_bytes, stored) = resident(&ctx.shared, id, stamp, size);
     FileInfo {
         path: path.to_string(),
@@ -294,7 +294,7 @@ fn top_files(ctx: &Ctx, n: usize) -> Vec<TopFile> {
     if n == 0 {
         return Vec::new();
     }
-    let versions = ctx.catalog.versions();
+    let versions = ctx.catalog().map(|c| c.versions()).unwrap_or_default();
     let by_stamp: HashMap<Stamp, &str> = versions.iter().map(|(_, s, n)| (*s, &**n)).collect();
     let by_id: HashMap<u64, &str> = versions.iter().map(|(i, _, n)| (*i, &**n)).collect();
     let pinned: std::collections::HashSet<u64> = ctx

@@ -56,7 +56,7 @@ impl Job {
 }
 
 pub(super) fn run(ctx: &Ctx, conn: &mut Conn, paths: &[String], mode: Mode) -> Reply {
-    let found = match ctx.catalog.find(paths) {
+    let found = match ctx.catalog().and_then(|c| c.find(paths)) {
         Ok(f) => f,
         Err(error) => return Reply::Error { error },
     };
@@ -235,7 +235,7 @@ fn left(ctx: &Ctx, j: &Job) -> u64 {
 
 /// Opens the version a later open will share and starts its fill.
 fn start(ctx: &Ctx, t: &Target, idx: usize, mode: Mode) -> Result<Job, String> {
-    let opened = ctx.catalog.open(t)?;
+    let opened = ctx.catalog()?.open(t)?;
     let src = opened.src;
     for file_id in opened.purge {
         ctx.send(Msg::Purge { file_id });

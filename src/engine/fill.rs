@@ -84,7 +84,7 @@ impl Engine {
         want: usize,
         dest: Dest,
     ) -> u32 {
-        let direct = src.direct;
+        let direct = src.direct();
         self.fills[f as usize] = Some(Fill {
             key,
             dest,
@@ -114,30 +114,6 @@ impl Engine {
         };
         let done = fill.done_bytes as usize;
         let rest = fill.want_bytes as usize - done;
-        // O_DIRECT needs page-aligned offsets; after a short read left `done` unaligned, the
-        // buffered descriptor finishes the chunk.
-        if fill.direct && !done.is_multiple_of(PAGE_BYTES) {
-            fill.direct = false;
-        }
-        let (fd, len) = if fill.direct {
-            // O_DIRECT wants page-aligned lengths; the block has room for the rounded length and
-            // the kernel stops at end of file.
-            (fill.src.fd.as_raw_fd(), rest.next_multiple_of(PAGE_BYTES))
-        } else {
-            match fill.src.buffered_fd() {
-                Ok(fd) => (fd.as_raw_fd(), rest),
-                Err(e) => {
-                    // No descriptor to read with (EMFILE): fail the fill, not the engine.
-                    let errno = errno_of(&e);
-                    if let Some(fill) = self.fills[f as usize].take() {
-                        self.free_fills.push(f);
-                        self.in_flight.remove(&fill.key);
-                        self.fail_fill(fill, errno);
-                    }
-                    return;
-                }
-            }
-        };
         let offset = fill.key.chunk * self.shared.chunk_bytes + done as u64;
         let (ptr, room) = match &fill.dest {
             Dest::Arena { block, .. } => (
@@ -146,6 +122,40 @@ impl Engine {
                 block.capacity_bytes().saturating_sub(done),
             ),
             Dest::Store(e) => e.fill_target(offset).unwrap_or((std::ptr::null_mut(), 0)),
+        };
+        if let Some(object) = fill.src.remote() {
+            let (object, len) = (object.clone(), rest.min(room));
+            debug_assert!(len > 0, "fill {f} has nothing left to fetch");
+            // SAFETY: as for the ring read below: the destination is this fill's alone until its
+            // completion, which the engine waits for before it frees or reuses it (even when it
+            // stops: see `Drop for Engine`).
+            unsafe { self.fetch(object, offset, ptr, len, u64::from(f)) };
+            return;
+        }
+        // O_DIRECT needs page-aligned offsets; after a short read left `done` unaligned, the
+        // buffered descriptor finishes the chunk.
+        if fill.direct && !done.is_multiple_of(PAGE_BYTES) {
+            fill.direct = false;
+        }
+        let fd = match (fill.direct, fill.src.local_fd()) {
+            (true, Some(fd)) => Ok(fd.as_raw_fd()),
+            _ => fill.src.buffered_fd().map(|fd| fd.as_raw_fd()),
+        };
+        let (fd, len) = match fd {
+            // O_DIRECT wants page-aligned lengths; the block has room for the rounded length and
+            // the kernel stops at end of file.
+            Ok(fd) if fill.direct => (fd, rest.next_multiple_of(PAGE_BYTES)),
+            Ok(fd) => (fd, rest),
+            Err(e) => {
+                // No descriptor to read with (EMFILE): fail the fill, not the engine.
+                let errno = errno_of(&e);
+                if let Some(fill) = self.fills[f as usize].take() {
+                    self.free_fills.push(f);
+                    self.in_flight.remove(&fill.key);
+                    self.fail_fill(fill, errno);
+                }
+                return;
+            }
         };
         // Never past the block (or the store file's last page), whatever the lengths above say.
         let len = len.min(room);
@@ -185,6 +195,10 @@ impl Engine {
             let rest = fill.want_bytes - fill.done_bytes;
             fill.done_bytes += (c.result as u32).min(rest);
             Ok(fill.done_bytes == fill.want_bytes)
+        } else if c.result == -crate::remote::CHANGED_ERRNO && fill.src.remote().is_some() {
+            fill.src
+                .mark_stale("the object changed or went away in the bucket (ETag)");
+            Err(libc::EIO)
         } else if c.result == 0 {
             // End of file before the size the version says: the file shrank.
             let at = fill.key.chunk * self.shared.chunk_bytes + u64::from(fill.done_bytes);

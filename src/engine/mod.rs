@@ -41,7 +41,7 @@ mod uncached;
 pub use control::{Admitted, Control, Evicted};
 pub use prefetch_set::SetTicket;
 pub use shared::{Copied, Shared, Stats, decode_into};
-pub use source::{Source, Stamp, fd_stamp};
+pub use source::{Origin, Source, Stamp, fd_stamp};
 
 use evict::FileSlots;
 use fill::Fill;
@@ -156,6 +156,12 @@ pub struct Engine {
     panic_on: Option<String>,
     /// Cache ids pinned through the control channel: their chunks are kept out of the policy.
     pinned: std::collections::HashSet<u64, BuildHasherDefault<FxHasher>>,
+    /// Ranged GETs of remote sources (None: the source is local), the channel their completions
+    /// come back on, and how many are out (see `fetch`).
+    fetcher: Option<crate::remote::Fetcher>,
+    fetch_done: crossbeam_channel::Sender<Completion>,
+    fetched: Receiver<Completion>,
+    fetching: usize,
 }
 
 /// Fault injection for tests, read once when the engine starts:
@@ -164,10 +170,12 @@ pub struct Engine {
 pub const FAULT_ENV: &str = "NITRO_URING_FAULT";
 
 impl Engine {
+    /// `remote`: the bucket a remote source reads from (None: a local directory).
     pub fn new(
         shared: Arc<Shared>,
         rx: Receiver<Msg>,
         max_fills: usize,
+        remote: Option<Arc<crate::remote::Client>>,
     ) -> std::io::Result<(Engine, Waker)> {
         assert!(max_fills >= 2);
         // Room for every fill and uncached read queued between two waits, and the wake poll.
@@ -182,6 +190,9 @@ impl Engine {
             }
         }
         let waker = ring.waker();
+        let (fetch_done, fetched) = crossbeam_channel::unbounded();
+        let fetcher =
+            remote.map(|c| crate::remote::Fetcher::new(c, fetch_done.clone(), waker.clone()));
         let slot_count = shared.index.slot_count();
         let waiter_capacity = 1024;
         let engine = Engine {
@@ -217,6 +228,10 @@ impl Engine {
                 .ok()
                 .and_then(|v| v.strip_prefix("engine-panic-on=").map(str::to_owned)),
             pinned: Default::default(),
+            fetcher,
+            fetch_done,
+            fetched,
+            fetching: 0,
             shared,
             ring,
             rx,
@@ -243,7 +258,8 @@ impl Engine {
                 self.pump_store();
                 self.pump_sets();
             }
-            if !open && self.ring.in_flight() == 0 && self.compressing() == 0 {
+            if !open && self.ring.in_flight() == 0 && self.compressing() == 0 && self.fetching == 0
+            {
                 break;
             }
             let mut done = std::mem::take(&mut self.completions);
@@ -255,6 +271,10 @@ impl Engine {
                 self.complete(c);
             }
             self.completions = done;
+            while let Ok(c) = self.fetched.try_recv() {
+                self.fetching -= 1;
+                self.complete(c);
+            }
             self.collect_compressed();
         }
         // Whatever is still parked gets an error rather than hanging the reader.
@@ -360,6 +380,47 @@ impl Engine {
             Msg::SetMember { src, ticket } => self.set_member(src, ticket),
             Msg::DropCorrupt { key } => self.drop_key(key),
             Msg::Shutdown => {}
+        }
+    }
+}
+
+impl Engine {
+    /// Starts a ranged GET into `ptr` whose completion comes back as `user_data`, like a ring
+    /// read's.
+    ///
+    /// # Safety
+    /// As for a ring read: `ptr..ptr + len` is writable and this request's alone until its
+    /// completion is handled.
+    unsafe fn fetch(
+        &mut self,
+        object: Arc<crate::remote::Object>,
+        offset: u64,
+        ptr: *mut u8,
+        len: usize,
+        user_data: u64,
+    ) {
+        self.fetching += 1;
+        match &self.fetcher {
+            // SAFETY: passed on from the caller.
+            Some(f) => unsafe { f.submit(object, offset, ptr, len, user_data) },
+            None => {
+                // A remote version on an engine with no bucket: fails like a read error.
+                let _ = self.fetch_done.send(Completion {
+                    user_data,
+                    result: -libc::EIO,
+                });
+                self.ring.waker().wake();
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    /// A GET still out writes into a fill's block or an uncached buffer: wait for each (every
+    /// one completes, bounded by the request timeout and retries) before those can go.
+    fn drop(&mut self) {
+        while self.fetching > 0 && self.fetched.recv().is_ok() {
+            self.fetching -= 1;
         }
     }
 }

@@ -52,13 +52,8 @@ fn fd_stat(fd: &OwnedFd) -> std::io::Result<(Stamp, u64)> {
 /// servable (they are this version's bytes), and the next open gets a new version.
 pub struct Source {
     pub file_id: u64,
-    /// The descriptor the version was opened with: O_DIRECT when `direct` (keeps the source out of
-    /// the page cache, so the bytes are cached once, in the arena), else buffered. One per open
-    /// version: with a descriptor limit the daemon cannot raise, an open file costs just this.
-    pub fd: OwnedFd,
-    pub direct: bool,
-    /// A buffered descriptor, opened on first need (reads O_DIRECT can't do) when `direct`.
-    pub buffered: std::sync::OnceLock<OwnedFd>,
+    /// Where the bytes come from: a local descriptor or an object in a bucket.
+    pub origin: Origin,
     pub size: u64,
     /// File name for log lines.
     pub name: Arc<str>,
@@ -83,23 +78,78 @@ pub struct Source {
     pub store: std::sync::OnceLock<Arc<Entry>>,
 }
 
+/// Where a version's bytes are read from.
+pub enum Origin {
+    Local {
+        /// The descriptor the version was opened with: O_DIRECT when `direct` (keeps the source
+        /// out of the page cache, so the bytes are cached once, in the arena), else buffered. One
+        /// per open version: with a descriptor limit the daemon cannot raise, an open file costs
+        /// just this.
+        fd: OwnedFd,
+        direct: bool,
+        /// A buffered descriptor, opened on first need (reads O_DIRECT can't do) when `direct`.
+        buffered: std::sync::OnceLock<OwnedFd>,
+    },
+    /// One version (ETag) of an object, read with ranged GETs (see `remote`).
+    Remote(Arc<crate::remote::Object>),
+}
+
+impl Origin {
+    pub fn local(fd: OwnedFd, direct: bool) -> Origin {
+        Origin::Local {
+            fd,
+            direct,
+            buffered: std::sync::OnceLock::new(),
+        }
+    }
+}
+
 impl Source {
+    /// The local descriptor this version was opened with (None: a remote object).
+    pub fn local_fd(&self) -> Option<&OwnedFd> {
+        match &self.origin {
+            Origin::Local { fd, .. } => Some(fd),
+            Origin::Remote(_) => None,
+        }
+    }
+
+    /// Whether fills read with O_DIRECT.
+    pub fn direct(&self) -> bool {
+        matches!(self.origin, Origin::Local { direct: true, .. })
+    }
+
+    /// The object, for a remote version.
+    pub fn remote(&self) -> Option<&Arc<crate::remote::Object>> {
+        match &self.origin {
+            Origin::Remote(o) => Some(o),
+            Origin::Local { .. } => None,
+        }
+    }
+
     /// A buffered descriptor of this version: `fd` itself, or a second one opened through
     /// `/proc/self/fd` (the same open object, no name resolved) the first time it is needed.
     pub fn buffered_fd(&self) -> std::io::Result<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        if !self.direct {
-            return Ok(self.fd.as_fd());
+        let Origin::Local {
+            fd,
+            direct,
+            buffered,
+        } = &self.origin
+        else {
+            return Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        };
+        if !direct {
+            return Ok(fd.as_fd());
         }
-        if self.buffered.get().is_none() {
+        if buffered.get().is_none() {
             let mut name = itoa::Buffer::new();
-            let path = format!("/proc/self/fd/{}", name.format(self.fd.as_raw_fd()));
+            let path = format!("/proc/self/fd/{}", name.format(fd.as_raw_fd()));
             let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC;
-            let fd = rustix::fs::open(path.as_str(), flags, rustix::fs::Mode::empty())
+            let opened = rustix::fs::open(path.as_str(), flags, rustix::fs::Mode::empty())
                 .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error()))?;
-            let _ = self.buffered.set(fd);
+            let _ = buffered.set(opened);
         }
-        Ok(self.buffered.get().map_or(self.fd.as_fd(), AsFd::as_fd))
+        Ok(buffered.get().map_or(fd.as_fd(), AsFd::as_fd))
     }
 
     pub fn is_stale(&self) -> bool {
@@ -122,7 +172,12 @@ impl Source {
         if self.is_stale() {
             return false;
         }
-        match fd_stat(&self.fd) {
+        let fd = match &self.origin {
+            Origin::Local { fd, .. } => fd,
+            // A remote fill's GET carried If-Match: the server vouched for the version.
+            Origin::Remote(_) => return true,
+        };
+        match fd_stat(fd) {
             Ok((now, _)) if now == self.stamp => true,
             // Deleted, or replaced by a rename over it (how model files are updated): the unlink
             // moved ctime, but size and mtime say the data did not change, and no path leads to

@@ -63,9 +63,7 @@ pub(super) fn source_at(path: &Path, file_id: u64, name: &str, size: Option<u64>
     let stamp = fd_stamp(&fd).expect("fstat test source");
     Arc::new(Source {
         file_id,
-        fd,
-        direct: false,
-        buffered: std::sync::OnceLock::new(),
+        origin: super::source::Origin::local(fd, false),
         size: size.unwrap_or(stamp.2),
         name: name.into(),
         fuse_ino: file_id + 1,
@@ -128,7 +126,7 @@ impl Rig {
             store,
         });
         let (tx, rx) = crossbeam_channel::bounded(4096);
-        let (engine, waker) = Engine::new(shared.clone(), rx, max_fills).expect("io_uring");
+        let (engine, waker) = Engine::new(shared.clone(), rx, max_fills, None).expect("io_uring");
         Rig {
             shared,
             tx,

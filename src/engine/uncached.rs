@@ -53,6 +53,22 @@ impl Engine {
             return;
         };
         let (want, done) = (*want, *done);
+        if let Some(object) = w.src.remote() {
+            let (object, offset) = (object.clone(), w.offset + done as u64);
+            let ptr = slot.buf[done..].as_mut_ptr();
+            // SAFETY: as for the ring read below; the engine waits for every fetch before its
+            // buffers go (`Drop for Engine`).
+            unsafe {
+                self.fetch(
+                    object,
+                    offset,
+                    ptr,
+                    want - done,
+                    UNCACHED_TAG | u64::from(i),
+                )
+            };
+            return;
+        }
         let fd = match w.src.buffered_fd() {
             Ok(fd) => fd.as_raw_fd(),
             Err(e) => return self.finish_uncached(i, Err(errno_of(&e))),
@@ -79,6 +95,11 @@ impl Engine {
             debug_assert!(false, "completion for a free uncached slot {i}");
             return;
         };
+        if result == -crate::remote::CHANGED_ERRNO && w.src.remote().is_some() {
+            w.src
+                .mark_stale("the object changed or went away in the bucket (ETag)");
+            return self.finish_uncached(i, Err(libc::EIO));
+        }
         if result < 0 {
             return self.finish_uncached(i, Err(-result));
         }

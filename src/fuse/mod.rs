@@ -12,12 +12,12 @@
 
 pub mod catalog;
 mod nodes;
-mod passthrough;
-mod read;
+pub(crate) mod passthrough;
+pub(crate) mod read;
 mod set_members;
 mod set_prefetch;
 pub mod sys;
-mod versions;
+pub(crate) mod versions;
 
 pub use versions::RACY_WINDOW;
 
@@ -96,8 +96,8 @@ pub struct NitroFs {
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// The kernel took FUSE_PASSTHROUGH and backing files are accepted (see `passthrough`).
     passthrough: std::sync::atomic::AtomicBool,
-    /// Service times and bytes served, for the control channel and /metrics.
-    telemetry: Arc<crate::control::telemetry::Telemetry>,
+    /// The read path, with the telemetry of service times and bytes served.
+    reader: read::Reader,
 }
 
 /// An I/O error as the errno fuser replies with.
@@ -135,7 +135,16 @@ impl NitroFs {
         } else {
             None
         };
+        let reader = read::Reader {
+            shared: shared.clone(),
+            tx: tx.clone(),
+            waker: waker.clone(),
+            telemetry,
+            readahead_bytes: opts.readahead_bytes,
+            max_readahead_bytes: opts.readahead_bytes,
+        };
         Ok(NitroFs {
+            reader,
             shared,
             tx,
             waker,
@@ -152,7 +161,6 @@ impl NitroFs {
             next_file_id,
             notifier,
             passthrough: std::sync::atomic::AtomicBool::new(false),
-            telemetry,
         })
     }
 
@@ -349,6 +357,15 @@ fn kind_of_dirent(t: rustix::fs::FileType) -> FileType {
 /// Reads a weight file's header (safetensors, GGUF) so the compressor knows each tensor's dtype.
 /// Costs one or two small reads per new file version; any failure just means "no layout".
 fn read_layout(fd: &OwnedFd, name: &str, size: u64) -> (Option<Layout>, DtypeHint) {
+    layout_from(|buf, at| pread_full(fd, buf, at), name, size)
+}
+
+/// `read_layout` over any reader of the version's bytes (`read_at(buf, offset)`: bytes read).
+pub(crate) fn layout_from(
+    mut read_at: impl FnMut(&mut [u8], u64) -> std::io::Result<usize>,
+    name: &str,
+    size: u64,
+) -> (Option<Layout>, DtypeHint) {
     const MAX_HEADER_BYTES: usize = 64 << 20;
     let mut want = 64 * 1024usize;
     let mut head = Vec::new();
@@ -356,7 +373,7 @@ fn read_layout(fd: &OwnedFd, name: &str, size: u64) -> (Option<Layout>, DtypeHin
     for _ in 0..8 {
         let len = want.min(size as usize).min(MAX_HEADER_BYTES);
         head.resize(len, 0);
-        let Ok(n) = pread_full(fd, &mut head, 0) else {
+        let Ok(n) = read_at(&mut head, 0) else {
             break;
         };
         head.truncate(n);
@@ -519,7 +536,7 @@ impl Filesystem for NitroFs {
             };
             sets.opened(&self.nodes, ino.0, &node.name, who, &opened.src);
         }
-        let choice = passthrough::choose(&node, &opened.src, &self.passthrough, |e| {
+        let choice = passthrough::choose(&node.versions, &opened.src, &self.passthrough, |e| {
             let store = self
                 .shared
                 .store
@@ -546,7 +563,7 @@ impl Filesystem for NitroFs {
             }
             passthrough::Choice::Daemon => {
                 let (flags, cached) =
-                    versions::open_flags(&node, self.opts.cache_mode, opened.src.file_id);
+                    versions::open_flags(&node.versions, self.opts.cache_mode, opened.src.file_id);
                 (passthrough::Route::Daemon, flags, cached)
             }
         };
@@ -591,9 +608,9 @@ impl Filesystem for NitroFs {
             .remove(&fh.0);
         if let Some(h) = h {
             if h.cached {
-                versions::release_cached(&h.node, h.src.file_id);
+                versions::release_cached(&h.node.versions, h.src.file_id);
             }
-            let last = passthrough::release(&h.node, h.route);
+            let last = passthrough::release(&h.node.versions, h.route);
             let stored = h.src.store.get().is_some_and(|e| e.is_complete());
             if last
                 && stored

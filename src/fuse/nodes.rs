@@ -32,7 +32,7 @@ use rustix::fs::{OFlags, Statx};
 
 use super::sys::{self, FileHandleId, Reopener};
 use super::versions::Versions;
-use crate::engine::Source;
+use crate::engine::{Origin, Source};
 
 /// How a node reaches its source object.
 enum Ident {
@@ -68,7 +68,11 @@ impl AsFd for Held<'_> {
         match self {
             Held::Own(fd) => fd.as_fd(),
             Held::Borrowed(fd) => *fd,
-            Held::Version(src) => src.fd.as_fd(),
+            Held::Version(src) => match &src.origin {
+                Origin::Local { fd, .. } => fd.as_fd(),
+                // `path_fd` makes a `Version` of local sources only.
+                Origin::Remote(_) => unreachable!("a node held a remote version"),
+            },
         }
     }
 }
@@ -94,11 +98,11 @@ impl Node {
                 match sys::open_handle(mount.as_fd(), id, OFlags::PATH) {
                     Ok(fd) => Ok(Held::Own(fd)),
                     Err(e) => match self.versions.lock().live_source() {
-                        Some(src) => Ok(Held::Version(src)),
-                        None if e.raw_os_error() == Some(libc::ESTALE) => {
+                        Some(src) if src.local_fd().is_some() => Ok(Held::Version(src)),
+                        _ if e.raw_os_error() == Some(libc::ESTALE) => {
                             Err(io::Error::from_raw_os_error(libc::ENOENT))
                         }
-                        None => Err(e),
+                        _ => Err(e),
                     },
                 }
             }

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use fuser::BackingId;
 
-use super::nodes::Node;
+use parking_lot::Mutex;
+
+use super::versions::Versions;
 use crate::engine::Source;
 
 /// How an open was answered, to be undone at release.
@@ -40,15 +42,15 @@ pub enum Choice {
     Busy,
 }
 
-/// Routes an open of `src` through `node`. `enabled` is cleared (and logged) the first time the
+/// Routes an open of `src` through the node whose `versions` these are. `enabled` is cleared (and logged) the first time the
 /// kernel refuses a backing file, so a daemon without the privilege stops trying.
 pub fn choose(
-    node: &Node,
+    versions: &Mutex<Versions>,
     src: &Source,
     enabled: &AtomicBool,
     open_backing: impl FnOnce(&crate::store::Entry) -> std::io::Result<BackingId>,
 ) -> Choice {
-    let mut v = node.versions.lock();
+    let mut v = versions.lock();
     if let Some(b) = v.backing.as_mut() {
         if b.file_id != src.file_id {
             return Choice::Busy;
@@ -83,8 +85,8 @@ pub fn choose(
 }
 
 /// Undoes one open's routing. Returns true when it closed the node's last daemon-served handle.
-pub fn release(node: &Node, route: Route) -> bool {
-    let mut v = node.versions.lock();
+pub fn release(versions: &Mutex<Versions>, route: Route) -> bool {
+    let mut v = versions.lock();
     match route {
         Route::Passthrough => {
             if let Some(b) = v.backing.as_mut() {

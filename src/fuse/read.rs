@@ -6,16 +6,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use crossbeam_channel::Sender;
 use fuser::{Errno, FileAttr, FileHandle, ReplyData};
+use nitro_ring::Waker;
 
 use super::NitroFs;
 use super::nodes::Node;
 use crate::control::telemetry::Telemetry;
-use crate::engine::{Copied, Msg, ReadReply, Source};
+use crate::engine::{Copied, Msg, ReadReply, Shared, Source};
 use crate::index::Key;
 
 /// Per-open state: the version it opened, and the sequential-stream detector.
 pub struct Handle {
+    pub stream: Stream,
     pub src: Arc<Source>,
     pub node: Arc<Node>,
     /// The version's attributes as of the open (getattr with this handle answers with them).
@@ -24,9 +27,16 @@ pub struct Handle {
     pub cached: bool,
     /// Passthrough or daemon-served (undone at release).
     pub route: super::passthrough::Route,
+}
+
+/// A handle's sequential-stream detector and prefetch window.
+#[derive(Default)]
+pub struct Stream {
     next_offset: AtomicU64,
     /// Prefetch has been requested up to this chunk (exclusive).
     prefetched_to: AtomicU64,
+    /// How far ahead prefetch runs now (0: not started); grows to the reader's maximum.
+    window_bytes: AtomicU64,
 }
 
 impl Handle {
@@ -38,13 +48,12 @@ impl Handle {
         route: super::passthrough::Route,
     ) -> Handle {
         Handle {
+            stream: Stream::default(),
             src,
             node,
             attr,
             cached,
             route,
-            next_offset: AtomicU64::new(0),
-            prefetched_to: AtomicU64::new(0),
         }
     }
 }
@@ -75,15 +84,48 @@ thread_local! {
 }
 
 impl NitroFs {
-    pub(super) fn serve_read(&self, fh: FileHandle, offset: u64, size: u32, mut reply: ReplyData) {
-        let start = Instant::now();
+    pub(super) fn serve_read(&self, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
         if self.shared.dead.load(Ordering::Relaxed) {
             return reply.error(Errno::EIO); // the fill engine died (see `Engine::die`)
         }
         let Some(h) = self.handle(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let src = &h.src;
+        self.reader
+            .serve(&h.src, &h.stream, fh.0, offset, size, reply);
+    }
+}
+
+/// What the read path needs of the filesystem it serves (local or remote source).
+pub struct Reader {
+    pub shared: Arc<Shared>,
+    pub tx: Sender<Msg>,
+    pub waker: Waker,
+    pub telemetry: Arc<Telemetry>,
+    /// Sequential prefetch starts this far ahead of a reader (0: none)...
+    pub readahead_bytes: u64,
+    /// ...and doubles at each chunk crossed up to this (remote sources: hide the round trip).
+    pub max_readahead_bytes: u64,
+}
+
+impl Reader {
+    pub fn send(&self, msg: Msg) {
+        if self.tx.send(msg).is_ok() {
+            self.waker.wake();
+        }
+    }
+
+    /// Serves one read of version `src` through a handle whose stream is `stream`.
+    pub fn serve(
+        &self,
+        src: &Arc<Source>,
+        stream: &Stream,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        mut reply: ReplyData,
+    ) {
+        let start = Instant::now();
         if offset >= src.size || size == 0 {
             return reply.data(&[]);
         }
@@ -93,8 +135,8 @@ impl NitroFs {
         let first = shared.chunk_of(offset);
         let last = shared.chunk_of(end - 1);
         // Accesses count once per open handle (see `index::Slot::last_toucher`).
-        let toucher = fh.0;
-        self.maybe_prefetch(&h, fh.0, offset, end);
+        let toucher = fh;
+        self.maybe_prefetch(src, stream, fh, offset, end);
         if let Some(bytes) = src.store.get().and_then(|e| e.range(offset, size as usize)) {
             // A stored version: a slice of its tmpfs mapping, whatever chunks the range spans.
             shared.stats.hits.fetch_add(1, Ordering::Relaxed);
@@ -115,7 +157,7 @@ impl NitroFs {
                 }
                 // Compressed: decoded below, through the same path as spanning reads.
             } else {
-                return self.miss(src, fh.0, offset, size, reply, start);
+                return self.miss(src, fh, offset, size, reply, start);
             }
         } else if last == first + 1 {
             // A request spanning two chunks whose blocks happen to be neighbours in the arena (the
@@ -169,7 +211,7 @@ impl NitroFs {
             let Some(r) = pending else { return };
             reply = r;
         }
-        self.miss(src, fh.0, offset, size, reply, start);
+        self.miss(src, fh, offset, size, reply, start);
     }
 
     /// Hands a read the arena cannot serve to the ring thread, which replies when the bytes land.
@@ -198,8 +240,8 @@ impl NitroFs {
     }
 
     /// Requests fills ahead of a sequential reader, once per chunk boundary it crosses.
-    fn maybe_prefetch(&self, h: &Handle, fh: u64, offset: u64, end: u64) {
-        if self.opts.readahead_bytes == 0 {
+    fn maybe_prefetch(&self, src: &Arc<Source>, h: &Stream, fh: u64, offset: u64, end: u64) {
+        if self.readahead_bytes == 0 {
             return;
         }
         let sequential = h.next_offset.swap(end, Ordering::Relaxed) == offset;
@@ -208,12 +250,20 @@ impl NitroFs {
         }
         let chunk_bytes = self.shared.chunk_bytes;
         let from = end.div_ceil(chunk_bytes);
-        let to = (end + self.opts.readahead_bytes).div_ceil(chunk_bytes);
+        let window = match h.window_bytes.load(Ordering::Relaxed) {
+            0 => self.readahead_bytes,
+            w => w,
+        };
+        let to = (end + window).div_ceil(chunk_bytes);
         let done = h.prefetched_to.load(Ordering::Relaxed);
         if to > done && to > from {
             h.prefetched_to.store(to, Ordering::Relaxed);
+            let grown = window
+                .saturating_mul(2)
+                .min(self.max_readahead_bytes.max(window));
+            h.window_bytes.store(grown, Ordering::Relaxed);
             self.send(Msg::Prefetch {
-                src: h.src.clone(),
+                src: src.clone(),
                 fh,
                 first: from.max(done),
                 last: to - 1,

@@ -33,7 +33,7 @@ use super::nodes::Node;
 use super::sys::{self, Reopener};
 use crate::codec::DtypeHint;
 use crate::codec::formats::Layout;
-use crate::engine::{Source, Stamp};
+use crate::engine::{Origin, Source, Stamp};
 
 /// A version whose timestamps are younger than this may still be being written.
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
@@ -238,9 +238,7 @@ pub fn open_version(node: &Node, ctx: &Ctx<'_>) -> Result<(Opened, Vec<u64>), Er
     };
     let src = Arc::new(Source {
         file_id,
-        fd,
-        direct,
-        buffered: std::sync::OnceLock::new(),
+        origin: Origin::local(fd, direct),
         size: st.stx_size,
         name: node.name.clone(),
         fuse_ino: ctx.fuse_ino,
@@ -320,11 +318,15 @@ fn share(node: &Node, src: Arc<Source>, st: Statx, reused: bool) -> (Opened, Vec
 
 /// How the kernel may cache a new handle of version `file_id` (see the module docs), and whether
 /// the handle reads through the page cache (to be counted out again by `release_cached`).
-pub fn open_flags(node: &Node, mode: CacheMode, file_id: u64) -> (FopenFlags, bool) {
+pub fn open_flags(
+    versions: &parking_lot::Mutex<Versions>,
+    mode: CacheMode,
+    file_id: u64,
+) -> (FopenFlags, bool) {
     if mode == CacheMode::Direct {
         return (FopenFlags::FOPEN_DIRECT_IO, false);
     }
-    let mut v = node.versions.lock();
+    let mut v = versions.lock();
     let others_open = v
         .cached_handles
         .iter()
@@ -346,8 +348,8 @@ pub fn open_flags(node: &Node, mode: CacheMode, file_id: u64) -> (FopenFlags, bo
     (flags, true)
 }
 
-pub fn release_cached(node: &Node, file_id: u64) {
-    let mut v = node.versions.lock();
+pub fn release_cached(versions: &parking_lot::Mutex<Versions>, file_id: u64) {
+    let mut v = versions.lock();
     if let Some(i) = v.cached_handles.iter().position(|(id, _)| *id == file_id) {
         v.cached_handles[i].1 -= 1;
         if v.cached_handles[i].1 == 0 {
@@ -424,9 +426,7 @@ pub fn open_member(
     };
     let src = Arc::new(Source {
         file_id,
-        fd,
-        direct,
-        buffered: std::sync::OnceLock::new(),
+        origin: Origin::local(fd, direct),
         size: st.stx_size,
         name: name.clone(),
         // No kernel inode yet: nothing of the kernel's is invalidated for a member.

@@ -58,6 +58,8 @@ pub struct MountConfig {
     pub control: bool,
     /// Opening one member of a model set prefetches the others (`--prefetch-sets`).
     pub prefetch_sets: bool,
+    /// An `s3://` source (then `source` is only its text), with the `--s3-*` options.
+    pub remote: Option<(crate::remote::Location, crate::remote::RemoteOptions)>,
 }
 
 impl MountConfig {
@@ -81,6 +83,7 @@ impl MountConfig {
             metrics: None,
             control: true,
             prefetch_sets: true,
+            remote: None,
         }
     }
 }
@@ -105,13 +108,16 @@ pub struct Mounted {
 /// Checks every input; the error text is the one line the user sees.
 pub fn validate(cfg: &MountConfig) -> Result<()> {
     let src = &cfg.source;
-    let meta =
-        std::fs::metadata(src).map_err(|e| anyhow!("source {}: {}", src.display(), plain(&e)))?;
-    if !meta.is_dir() {
-        bail!("source {} is not a directory", src.display());
+    let local = cfg.remote.is_none();
+    if local {
+        let meta = std::fs::metadata(src)
+            .map_err(|e| anyhow!("source {}: {}", src.display(), plain(&e)))?;
+        if !meta.is_dir() {
+            bail!("source {} is not a directory", src.display());
+        }
+        std::fs::read_dir(src)
+            .map_err(|e| anyhow!("source {} is not readable: {}", src.display(), plain(&e)))?;
     }
-    std::fs::read_dir(src)
-        .map_err(|e| anyhow!("source {} is not readable: {}", src.display(), plain(&e)))?;
     let mp = &cfg.mountpoint;
     let mmeta = match std::fs::metadata(mp) {
         Ok(m) => m,
@@ -135,6 +141,14 @@ pub fn validate(cfg: &MountConfig) -> Result<()> {
     {
         bail!("mountpoint {} is not empty", mp.display());
     }
+    if local {
+        same_tree_check(src, mp)?;
+    }
+    validate_sizes(cfg)
+}
+
+/// A source and a mountpoint that contain each other would recurse.
+fn same_tree_check(src: &Path, mp: &Path) -> Result<()> {
     let s = std::fs::canonicalize(src)?;
     let m = std::fs::canonicalize(mp)?;
     if s == m {
@@ -157,6 +171,10 @@ pub fn validate(cfg: &MountConfig) -> Result<()> {
             m.display()
         );
     }
+    Ok(())
+}
+
+fn validate_sizes(cfg: &MountConfig) -> Result<()> {
     if cfg.chunk_bytes < 64 * 1024
         || !cfg.chunk_bytes.is_power_of_two()
         || cfg.chunk_bytes > 64 << 20
@@ -219,20 +237,28 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Opens the store for this source and adopts what an earlier daemon left in it. None (logged):
 /// `--store off`, or no usable directory; the arena then serves everything, without passthrough.
-fn open_store(cfg: &MountConfig, source: &Path, arena: &Arena) -> Option<Store> {
+fn open_store(
+    cfg: &MountConfig,
+    source: &Path,
+    remote_id: Option<(u64, u64)>,
+    arena: &Arena,
+) -> Option<Store> {
     if cfg.store == StoreMode::Off {
         return None;
     }
-    let root = std::fs::metadata(source).ok()?;
+    use std::os::unix::fs::MetadataExt;
+    let root_id = match remote_id {
+        Some(id) => id,
+        None => std::fs::metadata(source).map(|m| (m.dev(), m.ino())).ok()?,
+    };
     let slabs = arena.slab_count();
     // The arena keeps an eighth of the pool whatever the store holds: files that do not fit the
     // store, and compressed chunks, need somewhere to go.
     let cap = slabs - (slabs / 8).max(1).min(slabs);
-    use std::os::unix::fs::MetadataExt;
     match Store::open(
         &cfg.store,
         source,
-        (root.dev(), root.ino()),
+        root_id,
         cfg.chunk_bytes,
         cfg.chunk_bytes,
         cap,
@@ -276,6 +302,27 @@ fn spawn_reaper(
     Some((stop_tx, handle))
 }
 
+/// Runs a FUSE session to completion on the thread that calls it.
+type SessionRun = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
+
+/// Mounts `fs` at `mountpoint`; the session runs when the returned closure is called.
+fn session_of<FS: fuser::Filesystem + Send + 'static>(
+    fs: FS,
+    mountpoint: &Path,
+    config: &Config,
+) -> Result<(SessionUnmounter, fuser::Notifier, SessionRun)> {
+    let mut session = fuser::Session::new(fs, mountpoint, config).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            anyhow!("no permission to mount at {}: {e}", mountpoint.display())
+        } else {
+            anyhow!("mount at {} failed: {e}", mountpoint.display())
+        }
+    })?;
+    let notifier = session.notifier();
+    let unmounter = session.unmount_callable();
+    Ok((unmounter, notifier, Box::new(move || session.run())))
+}
+
 impl Mounted {
     /// Validates, mounts, and returns once the mount is live.
     pub fn spawn(cfg: MountConfig) -> Result<Mounted> {
@@ -289,7 +336,18 @@ impl Mounted {
         raise_max_pages(cfg.chunk_bytes);
         let max_request_bytes =
             (max_pages_limit() * PAGE_BYTES as u64).min(cfg.chunk_bytes) as usize;
-        let source = std::fs::canonicalize(&cfg.source)?;
+        // A bucket is checked (one LIST) before anything is allocated or mounted.
+        let client = match &cfg.remote {
+            Some((loc, o)) => Some(Arc::new(crate::remote::Client::connect(
+                loc.clone(),
+                o.clone(),
+            )?)),
+            None => None,
+        };
+        let source = match &client {
+            Some(c) => PathBuf::from(c.loc.display()),
+            None => std::fs::canonicalize(&cfg.source)?,
+        };
         // As the mount table shows it: the control client matches it there.
         let mountpoint_abs = std::fs::canonicalize(&cfg.mountpoint)?;
         let arena = Arena::new(cfg.pool_bytes as usize, cfg.chunk_bytes as usize, cfg.lock)
@@ -301,7 +359,7 @@ impl Mounted {
         let slot_count =
             u32::try_from((cfg.pool_bytes / (64 << 10)).max(u64::from(slabs) * 4) + 256)
                 .map_err(|_| anyhow!("pool too large"))?;
-        let store = open_store(&cfg, &source, &arena);
+        let store = open_store(&cfg, &source, client.as_ref().map(|c| c.id), &arena);
         let shared = Arc::new(Shared {
             store,
             arena,
@@ -348,34 +406,50 @@ impl Mounted {
         config.n_threads = Some(cfg.threads);
         config.clone_fd = true;
 
-        let (engine, waker) = Engine::new(shared.clone(), rx, MAX_FILLS)
+        let (engine, waker) = Engine::new(shared.clone(), rx, MAX_FILLS, client.clone())
             .map_err(|e| anyhow!("io_uring unavailable: {e}"))?;
         let notifier_slot = Arc::new(std::sync::OnceLock::new());
         let telemetry = Arc::new(crate::control::telemetry::Telemetry::default());
-        let fs = NitroFs::new(
-            &source,
-            shared.clone(),
-            tx.clone(),
-            waker.clone(),
-            fs_opts,
-            notifier_slot.clone(),
-            telemetry.clone(),
-        )?;
-        let reaper = fs.reaper();
-        let catalog = fs.catalog()?;
-        let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                anyhow!(
-                    "no permission to mount at {}: {e}",
-                    cfg.mountpoint.display()
-                )
-            } else {
-                anyhow!("mount at {} failed: {e}", cfg.mountpoint.display())
+        let (unmounter, run_session, reaper, catalog) = match &client {
+            Some(client) => {
+                let opts = crate::remote::fs::Options {
+                    cache_mode: fs_opts.cache_mode,
+                    readahead_bytes: fs_opts.readahead_bytes,
+                    // A round trip per chunk is hidden only by a deeper window: it doubles up to
+                    // an eighth of the pool (mountpoint-s3 grows its window the same way).
+                    max_readahead_bytes: (cfg.pool_bytes / 8).max(fs_opts.readahead_bytes),
+                };
+                let fs = crate::remote::RemoteFs::new(
+                    client.clone(),
+                    shared.clone(),
+                    tx.clone(),
+                    waker.clone(),
+                    opts,
+                    notifier_slot.clone(),
+                    telemetry.clone(),
+                );
+                let (unmounter, notifier, run) = session_of(fs, &cfg.mountpoint, &config)?;
+                let _ = notifier_slot.set(notifier);
+                (unmounter, run, None, None)
             }
-        })?;
-        let _ = notifier_slot.set(session.notifier());
-        let reaper = spawn_reaper(reaper, session.notifier());
-        let unmounter = session.unmount_callable();
+            None => {
+                let fs = NitroFs::new(
+                    &source,
+                    shared.clone(),
+                    tx.clone(),
+                    waker.clone(),
+                    fs_opts,
+                    notifier_slot.clone(),
+                    telemetry.clone(),
+                )?;
+                let reaper = fs.reaper();
+                let catalog = fs.catalog()?;
+                let (unmounter, notifier, run) = session_of(fs, &cfg.mountpoint, &config)?;
+                let _ = notifier_slot.set(notifier.clone());
+                let reaper = spawn_reaper(reaper, notifier);
+                (unmounter, run, reaper, Some(catalog))
+            }
+        };
         let engine = std::thread::Builder::new()
             .name("nitro-ring".into())
             .spawn(move || {
@@ -393,7 +467,7 @@ impl Mounted {
             })?;
         let session = std::thread::Builder::new()
             .name("nitro-fuse".into())
-            .spawn(move || session.run())?;
+            .spawn(run_session)?;
         tune_bdi(&cfg.mountpoint, cfg.readahead_bytes.max(cfg.chunk_bytes));
         let conn_dev = mount_entry(&cfg.mountpoint).map(|(dev, _)| dev);
         let heartbeat = crate::heartbeat::spawn(shared.clone());

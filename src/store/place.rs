@@ -166,10 +166,13 @@ pub(super) fn collect_orphans(base: &OwnedFd, ours: &str) {
         });
         let alive = recorded.is_some_and(|r| {
             let text = String::from_utf8_lossy(r.strip_suffix(b"\n").unwrap_or(&r)).into_owned();
-            std::fs::metadata(&text).is_ok_and(|m| {
-                use std::os::unix::fs::MetadataExt;
-                format!("{:x}-{:x}", m.dev(), m.ino()) == id
-            })
+            // A bucket cannot be checked from here: its files stay until a mount of it evicts
+            // them, as a local source's stay while it exists.
+            text.starts_with("s3://")
+                || std::fs::metadata(&text).is_ok_and(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    format!("{:x}-{:x}", m.dev(), m.ino()) == id
+                })
         });
         if alive {
             continue;

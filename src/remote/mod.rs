@@ -1,0 +1,367 @@
+//! An S3 bucket (or any S3-protocol store) as the source: the RAM tier of each node in a fleet.
+//!
+//! Why the engine stays the one owner of fills: a remote miss is a fill like a local one — the
+//! same fill table, destination (arena block or store file), publish-after-check rule and
+//! waiters — only its bytes come from a ranged GET run on a small tokio runtime (`fetch`) instead
+//! of an io_uring read. So the budget, the store and passthrough, compression of cold chunks and
+//! restart survival are the local source's own code, not a second cache.
+//!
+//! Why the ETag is the version and GETs carry `If-Match`: an object can be overwritten at any
+//! time. A fill publishes bytes only when the server vouched they belong to the ETag the open saw
+//! (412 otherwise: the version goes stale and its misses fail with EIO, exactly as a local file
+//! changed under open handles), so no reply ever mixes two versions.
+//!
+//! Why `object_store` and not a home-made client: signing (SigV4), retries with backoff,
+//! multi-part listing, the credential chain (environment, web identity, instance metadata) are
+//! solved there and kept up by the Arrow project. The shared credentials file is read here
+//! (`creds`), since `object_store` reads only the environment.
+
+mod creds;
+mod fetch;
+pub mod fs;
+mod tree;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as KeyPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+pub use fetch::{CHANGED_ERRNO, Fetcher};
+pub use fs::RemoteFs;
+
+/// `s3://BUCKET[/PREFIX]`, split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub bucket: String,
+    /// Key prefix without leading or trailing '/' ("" for the whole bucket).
+    pub prefix: String,
+}
+
+impl Location {
+    /// None when `text` is not an `s3://` address (a local directory, then).
+    pub fn parse(text: &str) -> Option<Result<Location, String>> {
+        let rest = text.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Some(Err(format!("{text}: no bucket name")));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|p| p == "." || p == "..") {
+            return Some(Err(format!("{text}: '.' and '..' are not key parts")));
+        }
+        Some(Ok(Location {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        }))
+    }
+
+    pub fn display(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+/// The `--s3-*` knobs and what the mount line gave.
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Ranged GETs in flight at most, over every object.
+    pub concurrency: usize,
+    /// Retries of a failed request (connection refused, 5xx, timeouts) before its read fails.
+    pub retries: usize,
+    /// Bound on one request (and on the retries of one request, together).
+    pub timeout: Duration,
+    /// How long a directory listing is trusted.
+    pub list_ttl: Duration,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            endpoint: None,
+            region: None,
+            concurrency: 32,
+            retries: 3,
+            timeout: Duration::from_secs(30),
+            list_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One version of one object: what an open saw (HEAD or the listing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    pub key: KeyPath,
+    pub etag: Option<String>,
+    pub size: u64,
+    /// Last-Modified, in ns since the epoch.
+    pub mtime_ns: i64,
+}
+
+impl Object {
+    pub fn of(meta: &object_store::ObjectMeta) -> Object {
+        let t = meta.last_modified;
+        Object {
+            key: meta.location.clone(),
+            etag: meta.e_tag.clone(),
+            size: meta.size,
+            mtime_ns: t
+                .timestamp()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(i64::from(t.timestamp_subsec_nanos())),
+        }
+    }
+
+    /// Whether a response's metadata (ETag and size) names this version. A response without an
+    /// ETag is taken on the size alone (servers that send none give no more to check).
+    pub fn same_version(&self, meta: &object_store::ObjectMeta) -> bool {
+        meta.size == self.size
+            && match (&self.etag, &meta.e_tag) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+
+    /// The store's name for this version: (source id, key hash, size, mtime, ETag hash). A new
+    /// ETag is a new stamp, so an overwritten object never matches the old store file.
+    pub fn stamp(&self, source_id: u64) -> crate::engine::Stamp {
+        use xxhash_rust::xxh3::xxh3_64;
+        let etag = self.etag.as_deref().unwrap_or("");
+        (
+            source_id,
+            xxh3_64(self.key.as_ref().as_bytes()),
+            self.size,
+            self.mtime_ns,
+            xxh3_64(etag.as_bytes()) as i64,
+        )
+    }
+}
+
+/// The connection to one bucket: the client, the runtime its requests run on, and the location.
+pub struct Client {
+    pub store: Arc<AmazonS3>,
+    /// Two worker threads: the work is waiting on sockets and copying bodies.
+    rt: tokio::runtime::Runtime,
+    pub loc: Location,
+    pub opts: RemoteOptions,
+    /// Names this source's store directory: (hash of endpoint and bucket, hash of prefix).
+    pub id: (u64, u64),
+}
+
+impl Client {
+    /// Builds the client and checks it with one LIST of the prefix: bad credentials, a missing
+    /// bucket or an unreachable endpoint fail here, before anything is mounted.
+    pub fn connect(loc: Location, mut opts: RemoteOptions) -> Result<Client> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("nitro-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow!("cannot start the S3 client's runtime: {e}"))?;
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(&loc.bucket);
+        if opts.endpoint.is_none() {
+            opts.endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+        }
+        let allow_http = opts
+            .endpoint
+            .as_deref()
+            .is_some_and(|ep| ep.starts_with("http://"));
+        if let Some(ep) = &opts.endpoint {
+            b = b.with_endpoint(ep);
+        }
+        let file = creds::from_files();
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+            && let Some(c) = &file.credentials
+        {
+            b = b
+                .with_access_key_id(&c.access_key_id)
+                .with_secret_access_key(&c.secret_access_key);
+            if let Some(t) = &c.session_token {
+                b = b.with_token(t);
+            }
+        }
+        let region = opts
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .or(file.region)
+            .unwrap_or_else(|| "us-east-1".into());
+        opts.region = Some(region.clone());
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: opts.retries,
+            retry_timeout: opts.timeout,
+        };
+        // (Client options replace the builder's: `allow_http` must be set here.)
+        let client_opts = object_store::ClientOptions::new()
+            .with_allow_http(allow_http)
+            .with_timeout(opts.timeout)
+            .with_connect_timeout(Duration::from_secs(5).min(opts.timeout))
+            .with_pool_max_idle_per_host(opts.concurrency.max(8));
+        let store = b
+            .with_region(region)
+            .with_retry(retry)
+            .with_client_options(client_opts)
+            .build()
+            .map_err(|e| anyhow!("{}: {}", loc.display(), one_line(&e)))?;
+        use xxhash_rust::xxh3::xxh3_64;
+        let where_ = format!(
+            "{}\n{}",
+            opts.endpoint.as_deref().unwrap_or("aws"),
+            loc.bucket
+        );
+        // The top bit marks a remote source, so no local (dev, ino) pair can name the same dir.
+        let id = (
+            xxh3_64(where_.as_bytes()) | 1 << 63,
+            xxh3_64(loc.prefix.as_bytes()),
+        );
+        let client = Client {
+            store: Arc::new(store),
+            rt,
+            loc,
+            opts,
+            id,
+        };
+        client.check()?;
+        Ok(client)
+    }
+
+    /// One LIST of the prefix, with every failure turned into the line the user sees.
+    fn check(&self) -> Result<()> {
+        let prefix = self.dir_key("");
+        match self.block_on(self.store.list_with_delimiter(prefix.as_ref())) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(anyhow!("{}: {}", self.loc.display(), explain(&e))),
+        }
+    }
+
+    /// Runs `f` on the client's runtime from a plain thread (a FUSE worker), waiting for it.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    pub fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f);
+    }
+
+    /// The key prefix of directory `rel` ("" is the mount's root), or None for the bucket's root.
+    pub fn dir_key(&self, rel: &str) -> Option<KeyPath> {
+        let full = join(&self.loc.prefix, rel);
+        (!full.is_empty()).then(|| KeyPath::from_iter(full.split('/')))
+    }
+
+    /// The key of file `rel` below the prefix.
+    pub fn file_key(&self, rel: &str) -> KeyPath {
+        KeyPath::from_iter(join(&self.loc.prefix, rel).split('/'))
+    }
+
+    /// The current version of `key` (HEAD).
+    pub fn head(&self, key: &KeyPath) -> object_store::Result<Object> {
+        self.block_on(self.store.head(key)).map(|m| Object::of(&m))
+    }
+}
+
+fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}/{b}"),
+    }
+}
+
+/// The first line of an error's text (object_store's messages nest their causes).
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    text.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// What a failed check means to the user, in one line.
+fn explain(e: &object_store::Error) -> String {
+    let text = format!("{e:?}");
+    let has = |s: &str| text.contains(s);
+    if has("NoSuchBucket") {
+        "no such bucket".into()
+    } else if has("InvalidAccessKeyId")
+        || has("SignatureDoesNotMatch")
+        || has("AccessDenied")
+        || has("ExpiredToken")
+        || matches!(
+            e,
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+        )
+    {
+        format!(
+            "access denied (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or ~/.aws/credentials): {}",
+            short(&text)
+        )
+    } else if has("Connect") || has("connect") || has("dns error") || has("timed out") {
+        format!("endpoint unreachable: {}", short(&text))
+    } else if matches!(e, object_store::Error::NotFound { .. }) {
+        "no such bucket".into()
+    } else {
+        short(&text)
+    }
+}
+
+/// A long Debug text cut to something that fits a line.
+fn short(text: &str) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.len() > 240 {
+        let mut end = 240;
+        while !flat.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &flat[..end])
+    } else {
+        flat
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse() {
+        assert_eq!(Location::parse("/srv/models"), None);
+        let l = Location::parse("s3://b/models/llama/").unwrap().unwrap();
+        assert_eq!(
+            (l.bucket.as_str(), l.prefix.as_str()),
+            ("b", "models/llama")
+        );
+        let l = Location::parse("s3://b").unwrap().unwrap();
+        assert_eq!(l.prefix, "");
+        assert!(Location::parse("s3:///x").unwrap().is_err());
+        assert!(Location::parse("s3://b/a/../c").unwrap().is_err());
+    }
+
+    #[test]
+    fn a_new_etag_is_a_new_stamp() {
+        let o = Object {
+            key: KeyPath::from("a/b.gguf"),
+            etag: Some("\"1\"".into()),
+            size: 10,
+            mtime_ns: 5,
+        };
+        let mut p = o.clone();
+        p.etag = Some("\"2\"".into());
+        assert_ne!(o.stamp(7), p.stamp(7));
+        assert_eq!(o.stamp(7), o.clone().stamp(7));
+    }
+}
