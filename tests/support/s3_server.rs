@@ -158,6 +158,11 @@ orig_key_response = responses.S3Response.key_response
 def key_response(self, request, *args, **kwargs):
     full_url = args[0] if args else kwargs.get("full_url", "")
     m = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("range") or "")
+    if request.method == "GET":
+        # which bytes a GET asked for (the access log has no Range): S3Server::object_reads
+        print("nitro-get %s %s" % (request.environ.get("RAW_URI", "?"),
+                                   request.headers.get("range") or "-"),
+              file=sys.stderr, flush=True)
     query = parse_qs(urlparse(full_url).query, keep_blank_values=True)
     _req.ranged = bool(request.method == "GET" and m and int(m.group(1)) <= int(m.group(2))
                        and set(query) <= {"x-id"})
@@ -216,6 +221,16 @@ pub struct Request {
     /// Path and query, as sent (percent-encoded).
     pub target: String,
     pub status: u16,
+}
+
+/// One GET of an object, from the launcher's log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRead {
+    /// Path and query as sent (percent-encoded).
+    pub target: String,
+    /// The `bytes=A-B` range (inclusive, as in the header); None for a GET of the whole object
+    /// or a range of another form.
+    pub range: Option<(u64, u64)>,
 }
 
 /// A moto server process on 127.0.0.1:`port`.
@@ -428,6 +443,22 @@ impl S3Server {
     /// `127.0.0.1 - - [date] "GET /b/k HTTP/1.1" 206 -`).
     pub fn requests(&self) -> Vec<Request> {
         self.log().lines().filter_map(parse_access_line).collect()
+    }
+
+    /// Every GET of an object (key path, not a bucket listing), oldest first, with its range.
+    pub fn object_reads(&self) -> Vec<ObjectRead> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.strip_prefix("nitro-get ")?.split(' ');
+                let target = f.next()?.to_string();
+                let range = f.next().and_then(|r| {
+                    let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+                    Some((a.parse().ok()?, b.parse().ok()?))
+                });
+                Some(ObjectRead { target, range })
+            })
+            .collect()
     }
 
     /// A bare HTTP/1.1 request (no signature), `Connection: close`. Returns status and body.
@@ -672,13 +703,13 @@ impl S3Client {
     }
 
     /// Every object under `prefix` (recursively; None: the whole bucket), sorted by key.
-    pub fn list(&self, prefix: Option<&str>) -> Vec<ObjInfo> {
+    pub fn try_list(&self, prefix: Option<&str>) -> object_store::Result<Vec<ObjInfo>> {
         let p = prefix.map(obj_path);
         let mut v: Vec<ObjInfo> = self.rt.block_on(async {
             let mut s = self.store.list(p.as_ref());
             let mut v = Vec::new();
             while let Some(m) = s.next().await {
-                let m = m.unwrap_or_else(|e| panic!("LIST {}: {e}", self.bucket));
+                let m = m?;
                 v.push(ObjInfo {
                     key: m.location.to_string(),
                     size: m.size,
@@ -686,10 +717,15 @@ impl S3Client {
                     etag: m.e_tag,
                 });
             }
-            v
-        });
+            Ok::<_, object_store::Error>(v)
+        })?;
         v.sort_by(|a, b| a.key.cmp(&b.key));
-        v
+        Ok(v)
+    }
+
+    pub fn list(&self, prefix: Option<&str>) -> Vec<ObjInfo> {
+        self.try_list(prefix)
+            .unwrap_or_else(|e| panic!("LIST {}: {e}", self.bucket))
     }
 
     pub fn try_head(&self, key: &str) -> object_store::Result<ObjInfo> {
