@@ -103,7 +103,7 @@ struct MountArgs {
     /// s3:// sources: retries of a failed request before its read fails with EIO
     #[arg(long, default_value_t = 3, help_heading = "S3 sources")]
     s3_retries: u8,
-    /// s3:// sources: seconds one request (with its retries) may take
+    /// s3:// sources: seconds one try of a request may take (a read fails after its retries)
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600), help_heading = "S3 sources")]
     s3_timeout: u32,
     /// s3:// sources: seconds a directory listing is trusted

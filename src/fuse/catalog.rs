@@ -122,7 +122,7 @@ fn why(e: &std::io::Error) -> String {
 }
 
 impl Local {
-    pub(super) fn new(
+    pub(super) fn catalog(
         nodes: Arc<Nodes>,
         registry: Arc<Registry>,
         next_file_id: Arc<AtomicU64>,

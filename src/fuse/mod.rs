@@ -166,7 +166,7 @@ impl NitroFs {
 
     /// What lets the control channel find files and open versions as an open does.
     pub fn catalog(&self) -> std::io::Result<catalog::Catalog> {
-        catalog::Local::new(
+        catalog::Local::catalog(
             self.nodes.clone(),
             self.registry.clone(),
             self.next_file_id.clone(),

@@ -254,6 +254,23 @@ impl Core {
     }
 
     /// The weight header of a new version (one or two small GETs), for the compressor's hints.
+    /// The header of a version, unless the store holds it whole from an earlier run: then it is
+    /// served by passthrough and never compressed, and a restart costs no GET at all.
+    fn header_for(&self, object: &Object, name: &str) -> (Option<Arc<Layout>>, DtypeHint) {
+        let stamp = object.stamp(self.client.id.0);
+        let stored = self
+            .shared
+            .store
+            .as_ref()
+            .and_then(|s| s.peek(&stamp))
+            .is_some_and(|e| e.is_complete());
+        if stored {
+            (None, DtypeHint::Unknown)
+        } else {
+            self.header_of(object, name)
+        }
+    }
+
     pub(super) fn header_of(
         &self,
         object: &Object,
@@ -315,7 +332,7 @@ impl Core {
             Some((_, id, header, logged)) => (id, header, logged, true),
             None => (
                 self.next_file_id.fetch_add(1, Ordering::Relaxed),
-                self.header_of(&object, &name),
+                self.header_for(&object, &name),
                 Arc::new(AtomicBool::new(false)),
                 false,
             ),
@@ -361,7 +378,11 @@ impl Core {
                     .stats
                     .invalidations
                     .fetch_add(1, Ordering::Relaxed);
-                self.reader.send(Msg::Purge { file_id: o.file_id });
+                // Handles of the old version keep reading what is cached of it (their misses fail
+                // with EIO: its GETs ask for the old ETag); the last one to close purges it.
+                if o.source.strong_count() == 0 {
+                    self.reader.send(Msg::Purge { file_id: o.file_id });
+                }
                 true
             }
             Some(_) => false,
@@ -546,6 +567,18 @@ impl Filesystem for RemoteFs {
         reply: ReplyEmpty,
     ) {
         if let Some(h) = self.handles.write().remove(&fh.0) {
+            let superseded = self
+                .core
+                .registry
+                .lock()
+                .get(&h.node.rel)
+                .is_none_or(|c| c.file_id != h.src.file_id);
+            if superseded && Arc::strong_count(&h.src) == 1 {
+                // The last handle of a version the bucket replaced: nothing can read it again.
+                self.core.reader.send(Msg::Purge {
+                    file_id: h.src.file_id,
+                });
+            }
             if h.cached {
                 versions::release_cached(&h.node.versions, h.src.file_id);
             }

@@ -77,7 +77,7 @@ pub struct RemoteOptions {
     pub concurrency: usize,
     /// Retries of a failed request (connection refused, 5xx, timeouts) before its read fails.
     pub retries: usize,
-    /// Bound on one request (and on the retries of one request, together).
+    /// Bound on one try of a request; a read that keeps failing fails after `retries` more.
     pub timeout: Duration,
     /// How long a directory listing is trusted.
     pub list_ttl: Duration,
@@ -202,7 +202,8 @@ impl Client {
                 base: 2.0,
             },
             max_retries: opts.retries,
-            retry_timeout: opts.timeout,
+            // Each try may take `timeout`; the retries come on top (a hung server is retried).
+            retry_timeout: opts.timeout * (opts.retries as u32 + 1) + Duration::from_secs(5),
         };
         // (Client options replace the builder's: `allow_http` must be set here.)
         let client_opts = object_store::ClientOptions::new()
@@ -262,18 +263,26 @@ impl Client {
     /// The key prefix of directory `rel` ("" is the mount's root), or None for the bucket's root.
     pub fn dir_key(&self, rel: &str) -> Option<KeyPath> {
         let full = join(&self.loc.prefix, rel);
-        (!full.is_empty()).then(|| KeyPath::from_iter(full.split('/')))
+        (!full.is_empty()).then(|| key_path(&full))
     }
 
     /// The key of file `rel` below the prefix.
     pub fn file_key(&self, rel: &str) -> KeyPath {
-        KeyPath::from_iter(join(&self.loc.prefix, rel).split('/'))
+        key_path(&join(&self.loc.prefix, rel))
     }
 
     /// The current version of `key` (HEAD).
     pub fn head(&self, key: &KeyPath) -> object_store::Result<Object> {
         self.block_on(self.store.head(key)).map(|m| Object::of(&m))
     }
+}
+
+/// A key as it is in the bucket. `Path::parse` keeps it byte for byte; `Path::from` would
+/// percent-encode characters like `ü`, `+` or `#` into the key itself, naming another object.
+/// Names only come from listings (key parts that already parsed), so the fallback is for keys a
+/// server listed that object_store would not accept as a path.
+fn key_path(key: &str) -> KeyPath {
+    KeyPath::parse(key).unwrap_or_else(|_| KeyPath::from_iter(key.split('/')))
 }
 
 fn join(a: &str, b: &str) -> String {
@@ -290,16 +299,19 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
     text.lines().next().unwrap_or("").trim().to_string()
 }
 
-/// What a failed check means to the user, in one line.
+/// What a failed check means to the user, in one line: the kind of failure in words, then the
+/// innermost causes (object_store's and the HTTP client's messages), never a Debug dump.
 fn explain(e: &object_store::Error) -> String {
-    let text = format!("{e:?}");
-    let has = |s: &str| text.contains(s);
+    let debug = format!("{e:?}");
+    let has = |s: &str| debug.contains(s);
+    let why = causes(e);
     if has("NoSuchBucket") {
         "no such bucket".into()
     } else if has("InvalidAccessKeyId")
         || has("SignatureDoesNotMatch")
         || has("AccessDenied")
         || has("ExpiredToken")
+        || has("InvalidClientTokenId")
         || matches!(
             e,
             object_store::Error::PermissionDenied { .. }
@@ -307,16 +319,30 @@ fn explain(e: &object_store::Error) -> String {
         )
     {
         format!(
-            "access denied (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or ~/.aws/credentials): {}",
-            short(&text)
+            "access denied (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or ~/.aws/credentials): {why}"
         )
-    } else if has("Connect") || has("connect") || has("dns error") || has("timed out") {
-        format!("endpoint unreachable: {}", short(&text))
+    } else if has("imed out") || has("TimedOut") || has("Timeout") || has("deadline") {
+        format!("endpoint unreachable: timed out ({why})")
+    } else if has("onnect") || has("dns error") || has("error sending request") {
+        format!("endpoint unreachable: {why}")
     } else if matches!(e, object_store::Error::NotFound { .. }) {
         "no such bucket".into()
     } else {
-        short(&text)
+        why
     }
+}
+
+/// The last two messages of an error's source chain, joined: the specific part of a nested
+/// error ("Connection refused", "operation timed out"), cut to fit a line.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        chain.push(c.to_string());
+        cur = c.source();
+    }
+    let start = chain.len().saturating_sub(2);
+    short(&chain[start..].join(": "))
 }
 
 /// A long Debug text cut to something that fits a line.
