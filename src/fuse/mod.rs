@@ -14,8 +14,8 @@ pub mod catalog;
 mod nodes;
 pub(crate) mod passthrough;
 pub(crate) mod read;
-mod set_members;
-mod set_prefetch;
+pub(crate) mod set_members;
+pub(crate) mod set_prefetch;
 pub mod sys;
 pub(crate) mod versions;
 
@@ -125,12 +125,14 @@ impl NitroFs {
         let next_file_id = Arc::new(AtomicU64::new(1));
         let sets = if opts.prefetch_sets {
             Some(set_prefetch::SetPrefetch::start(set_prefetch::Deps {
-                nodes: nodes.clone(),
                 shared: shared.clone(),
                 tx: tx.clone(),
                 waker: waker.clone(),
-                registry: registry.clone(),
-                next_file_id: next_file_id.clone(),
+                source: set_prefetch::SetSource::Local {
+                    nodes: nodes.clone(),
+                    registry: registry.clone(),
+                    next_file_id: next_file_id.clone(),
+                },
             })?)
         } else {
             None

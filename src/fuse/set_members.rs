@@ -65,11 +65,21 @@ pub fn kind_of(name: &str) -> Option<Kind> {
     sets::is_blob_name(name).then_some(Kind::OllamaBlob)
 }
 
-/// One member to prefetch: its `O_PATH` descriptor and its stamp when checked.
+/// One member to prefetch: where it is, and its stamp when checked.
 pub struct Member {
     pub name: Arc<str>,
-    pub fd: OwnedFd,
+    pub at: At,
     pub stamp: Stamp,
+}
+
+/// Where a member is: a local object (its `O_PATH` descriptor) or an object in a bucket.
+pub enum At {
+    Fd(OwnedFd),
+    Remote {
+        /// Path below the mount's root.
+        rel: String,
+        object: crate::remote::Object,
+    },
 }
 
 impl Member {
@@ -148,7 +158,7 @@ fn resolve(who: Opener, dir: BorrowedFd<'_>, name: &str) -> Result<Member, &'sta
     }
     Ok(Member {
         name: name.into(),
-        fd,
+        at: At::Fd(fd),
         stamp: sys::stamp(&st),
     })
 }

@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use nitro_ring::Waker;
 
 use super::nodes::Nodes;
-use super::set_members::{self, Found, Kind, Member, Opener};
+use super::set_members::{self, At, Found, Kind, Member, Opener};
 use super::sys::Reopener;
 use super::versions::{self, Registry};
 use crate::engine::{Msg, SetTicket, Shared, Source};
@@ -38,7 +38,7 @@ const POLL: Duration = Duration::from_millis(5);
 
 /// An open that may have found a set.
 struct Trigger {
-    dir_ino: u64,
+    dir: Dir,
     name: Arc<str>,
     kind: Kind,
     who: Opener,
@@ -57,14 +57,38 @@ impl Drop for SetPrefetch {
     }
 }
 
+/// The directory of the opened file.
+enum Dir {
+    /// A local directory, by mount inode.
+    Ino(u64),
+    /// A directory of a bucket, by path below the mount's root.
+    Rel(String),
+}
+
 /// What the worker needs from the filesystem.
 pub struct Deps {
-    pub nodes: Arc<Nodes>,
     pub shared: Arc<Shared>,
     pub tx: Sender<Msg>,
     pub waker: Waker,
-    pub registry: Arc<Registry>,
-    pub next_file_id: Arc<AtomicU64>,
+    pub source: SetSource,
+}
+
+/// Where members are found and opened.
+pub enum SetSource {
+    Local {
+        nodes: Arc<Nodes>,
+        registry: Arc<Registry>,
+        next_file_id: Arc<AtomicU64>,
+    },
+    Remote(Arc<dyn RemoteSets>),
+}
+
+/// A bucket's side of set prefetch (see `remote::sets`).
+pub trait RemoteSets: Send + Sync {
+    /// The set `opened` (in directory `dir`, a path below the mount's root) belongs to, if any.
+    fn find(&self, dir: &str, opened: &str, kind: &Kind) -> Option<Found>;
+    /// The version a later open of the member will share.
+    fn open(&self, rel: &str, object: &crate::remote::Object) -> Option<Arc<Source>>;
 }
 
 impl SetPrefetch {
@@ -95,12 +119,41 @@ impl SetPrefetch {
         let Some(dir_ino) = nodes.parent_of(ino) else {
             return;
         };
-        let t = Trigger {
-            dir_ino,
+        self.trigger(Trigger {
+            dir: Dir::Ino(dir_ino),
             name: name.clone(),
             kind,
             who,
             opened: src.clone(),
+        });
+    }
+
+    /// An open of `name` in bucket directory `dir` (see `opened`).
+    pub fn opened_remote(&self, dir: &str, name: &Arc<str>, src: &Arc<Source>) {
+        if src.store.get().is_some_and(|e| e.is_complete()) {
+            return;
+        }
+        let Some(kind) = set_members::kind_of(name) else {
+            return;
+        };
+        self.trigger(Trigger {
+            dir: Dir::Rel(dir.to_string()),
+            name: name.clone(),
+            kind,
+            // Objects of a bucket are readable by every user of the mount (0444).
+            who: Opener { uid: 0, gid: 0 },
+            opened: src.clone(),
+        });
+    }
+
+    fn trigger(&self, t: Trigger) {
+        let name = t.name.clone();
+        let t = Trigger {
+            dir: t.dir,
+            name: t.name,
+            kind: t.kind,
+            who: t.who,
+            opened: t.opened,
         };
         if let Err(TrySendError::Full(_)) = self.tx.try_send(t) {
             tracing::debug!("set: trigger for {name} dropped (worker busy)");
@@ -150,11 +203,6 @@ impl Worker {
     }
 
     fn handle(&mut self, t: Trigger) {
-        let ctx = set_members::Ctx {
-            nodes: &self.deps.nodes,
-            reopener: &self.reopener,
-            who: t.who,
-        };
         let now = Instant::now();
         if self.recent.len() > 1024 {
             self.recent
@@ -162,15 +210,31 @@ impl Worker {
         }
         // A file found in no set is not looked at again for a while either (a directory of
         // `.safetensors` files without an index would be listed at every open).
-        let alone = format!("{}/{}", t.dir_ino, t.name);
+        let dir = match &t.dir {
+            Dir::Ino(ino) => ino.to_string(),
+            Dir::Rel(rel) => rel.clone(),
+        };
+        let alone = format!("{dir}/{}", t.name);
         if self.seen_lately(&alone, now) {
             return;
         }
-        let Some(found) = set_members::find(&ctx, t.dir_ino, &t.name, &t.kind) else {
+        let found = match (&t.dir, &self.deps.source) {
+            (Dir::Ino(ino), SetSource::Local { nodes, .. }) => {
+                let ctx = set_members::Ctx {
+                    nodes,
+                    reopener: &self.reopener,
+                    who: t.who,
+                };
+                set_members::find(&ctx, *ino, &t.name, &t.kind)
+            }
+            (Dir::Rel(rel), SetSource::Remote(r)) => r.find(rel, &t.name, &t.kind),
+            _ => None,
+        };
+        let Some(found) = found else {
             self.recent.insert(alone, now);
             return;
         };
-        let key = format!("{}/{}", t.dir_ino, found.label);
+        let key = format!("{dir}/{}", found.label);
         if self.seen_lately(&key, now) {
             return;
         }
@@ -318,18 +382,31 @@ impl Worker {
     /// Makes the member's version and hands it to the engine.
     fn send(&self, m: &Member) -> Option<Active> {
         use std::os::fd::AsFd;
-        let ctx = versions::Ctx {
-            reopener: &self.reopener,
-            registry: &self.deps.registry,
-            next_file_id: &self.deps.next_file_id,
-            fuse_ino: 0,
-        };
-        let src = match versions::open_member(m.fd.as_fd(), &m.name, m.stamp, &ctx) {
-            Ok(src) => src,
-            Err(why) => {
-                tracing::debug!("set: {} not prefetched ({why:?})", m.name);
-                return None;
+        let src = match (&m.at, &self.deps.source) {
+            (
+                At::Fd(fd),
+                SetSource::Local {
+                    registry,
+                    next_file_id,
+                    ..
+                },
+            ) => {
+                let ctx = versions::Ctx {
+                    reopener: &self.reopener,
+                    registry,
+                    next_file_id,
+                    fuse_ino: 0,
+                };
+                match versions::open_member(fd.as_fd(), &m.name, m.stamp, &ctx) {
+                    Ok(src) => src,
+                    Err(why) => {
+                        tracing::debug!("set: {} not prefetched ({why:?})", m.name);
+                        return None;
+                    }
+                }
             }
+            (At::Remote { rel, object }, SetSource::Remote(r)) => r.open(rel, object)?,
+            _ => return None,
         };
         let ticket = Arc::new(SetTicket::default());
         let before = src.store.get().map_or(0, |e| e.filled_bytes());

@@ -418,6 +418,7 @@ impl Mounted {
                     // A round trip per chunk is hidden only by a deeper window: it doubles up to
                     // an eighth of the pool (mountpoint-s3 grows its window the same way).
                     max_readahead_bytes: (cfg.pool_bytes / 8).max(fs_opts.readahead_bytes),
+                    prefetch_sets: fs_opts.prefetch_sets,
                 };
                 let fs = crate::remote::RemoteFs::new(
                     client.clone(),
@@ -427,7 +428,7 @@ impl Mounted {
                     opts,
                     notifier_slot.clone(),
                     telemetry.clone(),
-                );
+                )?;
                 let catalog = fs.catalog();
                 let (unmounter, notifier, run) = session_of(fs, &cfg.mountpoint, &config)?;
                 let _ = notifier_slot.set(notifier);

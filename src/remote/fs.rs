@@ -38,6 +38,8 @@ pub struct Options {
     pub cache_mode: CacheMode,
     pub readahead_bytes: u64,
     pub max_readahead_bytes: u64,
+    /// Opening a member of a model set prefetches the others (`fuse/set_prefetch.rs`).
+    pub prefetch_sets: bool,
 }
 
 /// The version of a key last opened, kept after its handles close so that reopening an unchanged
@@ -48,6 +50,8 @@ struct Current {
     source: std::sync::Weak<Source>,
     header: (Option<Arc<Layout>>, DtypeHint),
     compress_logged: Arc<AtomicBool>,
+    /// Made by a set prefetch and not opened since: the next open is its first, not a reuse.
+    prefetched: bool,
 }
 
 struct Handle {
@@ -80,6 +84,8 @@ pub struct RemoteFs {
     dirs: Mutex<std::collections::HashMap<u64, (String, Listing)>>,
     next_fh: AtomicU64,
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Prefetch of model sets (None: `--prefetch-sets off`).
+    sets: Option<crate::fuse::set_prefetch::SetPrefetch>,
     passthrough: AtomicBool,
     uid: u32,
     gid: u32,
@@ -107,7 +113,11 @@ impl RemoteFs {
         opts: Options,
         notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
         telemetry: Arc<crate::control::telemetry::Telemetry>,
-    ) -> RemoteFs {
+    ) -> std::io::Result<RemoteFs> {
+        use crate::fuse::set_prefetch::{Deps, SetPrefetch, SetSource};
+        let set_deps = opts
+            .prefetch_sets
+            .then(|| (shared.clone(), tx.clone(), waker.clone()));
         let reader = Reader {
             shared: shared.clone(),
             tx,
@@ -124,7 +134,17 @@ impl RemoteFs {
             registry: Mutex::new(std::collections::HashMap::new()),
             next_file_id: AtomicU64::new(1),
         });
-        RemoteFs {
+        let sets = match set_deps {
+            Some((shared, tx, waker)) => Some(SetPrefetch::start(Deps {
+                shared,
+                tx,
+                waker,
+                source: SetSource::Remote(core.clone()),
+            })?),
+            None => None,
+        };
+        Ok(RemoteFs {
+            sets,
             core,
             client,
             shared,
@@ -136,7 +156,7 @@ impl RemoteFs {
             passthrough: AtomicBool::new(false),
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
-        }
+        })
     }
 
     /// What lets the control channel find objects and open versions as an open does.
@@ -205,6 +225,16 @@ impl RemoteFs {
 }
 
 impl Core {
+    /// Marks the current version of `rel` as made by a set prefetch (see `Current::prefetched`).
+    pub(super) fn mark_prefetched(&self, rel: &str, file_id: u64) {
+        if let Some(c) = self.registry.lock().get_mut(rel)
+            && c.file_id == file_id
+            && c.source.strong_count() <= 1
+        {
+            c.prefetched = true;
+        }
+    }
+
     /// Every version opened so far: (cache id, stamp, path).
     pub(super) fn known(&self) -> Vec<(u64, crate::engine::Stamp, Arc<str>)> {
         self.registry
@@ -253,7 +283,6 @@ impl Core {
         }
     }
 
-    /// The weight header of a new version (one or two small GETs), for the compressor's hints.
     /// The header of a version, unless the store holds it whole from an earlier run: then it is
     /// served by passthrough and never compressed, and a restart costs no GET at all.
     fn header_for(&self, object: &Object, name: &str) -> (Option<Arc<Layout>>, DtypeHint) {
@@ -271,6 +300,7 @@ impl Core {
         }
     }
 
+    /// The weight header of a new version (one or two small GETs), for the compressor's hints.
     pub(super) fn header_of(
         &self,
         object: &Object,
@@ -315,21 +345,24 @@ impl Core {
         object: Object,
     ) -> (Arc<Source>, bool, bool) {
         let name: Arc<str> = rel.rsplit('/').next().unwrap_or(rel).into();
-        let known = self.registry.lock().get(rel).and_then(|c| {
+        let known = self.registry.lock().get_mut(rel).and_then(|c| {
             (c.object == object).then(|| {
+                // The first real open of a set-prefetched version is not a reuse.
+                let first = node.is_some() && std::mem::take(&mut c.prefetched);
                 (
                     c.source.upgrade(),
                     c.file_id,
                     c.header.clone(),
                     c.compress_logged.clone(),
+                    first,
                 )
             })
         });
-        if let Some((Some(src), ..)) = &known {
-            return (src.clone(), true, false);
+        if let Some((Some(src), .., first)) = &known {
+            return (src.clone(), !first, false);
         }
         let (file_id, header, logged, reused) = match known {
-            Some((_, id, header, logged)) => (id, header, logged, true),
+            Some((_, id, header, logged, first)) => (id, header, logged, !first),
             None => (
                 self.next_file_id.fetch_add(1, Ordering::Relaxed),
                 self.header_for(&object, &name),
@@ -368,6 +401,7 @@ impl Core {
                 source: Arc::downgrade(&src),
                 header,
                 compress_logged: logged,
+                prefetched: false,
             },
         );
         drop(reg);
@@ -491,6 +525,10 @@ impl Filesystem for RemoteFs {
             let _ = n.inval_inode(ino, -1, 0);
         }
         self.core.attach_store(&src, reused);
+        if let Some(sets) = &self.sets {
+            let (dir, name) = node.rel.rsplit_once('/').unwrap_or(("", &node.rel));
+            sets.opened_remote(dir, &Arc::from(name), &src);
+        }
         let choice = passthrough::choose(&node.versions, &src, &self.passthrough, |e| {
             let store = self
                 .shared

@@ -20,6 +20,7 @@ mod catalog;
 mod creds;
 mod fetch;
 pub mod fs;
+mod sets;
 mod tree;
 
 use std::sync::Arc;
