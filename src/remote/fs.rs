@@ -33,6 +33,9 @@ use object_store::ObjectStore;
 
 const GENERATION: Generation = Generation(1);
 
+/// Versions remembered after their handles close, at most (then those no handle holds go).
+const REGISTRY_LIMIT: usize = 65_536;
+
 /// What the mount line asked of the front.
 pub struct Options {
     pub cache_mode: CacheMode,
@@ -89,6 +92,7 @@ pub struct RemoteFs {
     passthrough: AtomicBool,
     uid: u32,
     gid: u32,
+    mounted_at: SystemTime,
 }
 
 fn errno(e: std::io::Error) -> Errno {
@@ -156,6 +160,7 @@ impl RemoteFs {
             passthrough: AtomicBool::new(false),
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
+            mounted_at: SystemTime::now(),
         })
     }
 
@@ -167,7 +172,8 @@ impl RemoteFs {
     fn attr(&self, node: &Inode) -> FileAttr {
         let (size, mtime) = match &*node.object.lock() {
             Some(o) => (o.size, time_of(o.mtime_ns)),
-            None => (0, UNIX_EPOCH),
+            // A prefix has no time of its own: the mount's.
+            None => (0, self.mounted_at),
         };
         let dir = node.kind == Kind::Dir;
         FileAttr {
@@ -392,6 +398,11 @@ impl Core {
             && let Some(live) = c.source.upgrade()
         {
             return (live, true, false);
+        }
+        if reg.len() >= REGISTRY_LIMIT && !reg.contains_key(rel) {
+            // Objects no handle holds are forgotten; their chunks leave by eviction, their store
+            // files are still found by stamp.
+            reg.retain(|_, c| c.source.strong_count() > 0);
         }
         let old = reg.insert(
             rel.to_string(),
