@@ -187,6 +187,9 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
             },
         )),
         Some(Err(e)) => anyhow::bail!("{e}"),
+        None if a.endpoint.is_some() || a.region.is_some() => {
+            anyhow::bail!("--endpoint and --region are for s3:// sources")
+        }
         None => None,
     };
     let mut cfg = MountConfig::new(a.source, a.mountpoint, a.pool);

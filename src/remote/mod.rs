@@ -306,7 +306,13 @@ fn explain(e: &object_store::Error) -> String {
     let debug = format!("{e:?}");
     let has = |s: &str| debug.contains(s);
     let why = causes(e);
-    if has("NoSuchBucket") {
+    if has("169.254.169.254") || has("169.254.170.2") {
+        // No keys in the environment or the shared files: object_store asked the instance
+        // metadata service, which is not there.
+        "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in \
+         ~/.aws/credentials (AWS_PROFILE); no instance metadata service answered"
+            .into()
+    } else if has("NoSuchBucket") {
         "no such bucket".into()
     } else if has("InvalidAccessKeyId")
         || has("SignatureDoesNotMatch")
@@ -376,6 +382,40 @@ mod tests {
         assert_eq!(l.prefix, "");
         assert!(Location::parse("s3:///x").unwrap().is_err());
         assert!(Location::parse("s3://b/a/../c").unwrap().is_err());
+    }
+
+    #[test]
+    fn keys_are_kept_byte_for_byte() {
+        for k in ["a/ünïcödé.txt", "a/a+b [1] #2 %41 ~.bin", "x"] {
+            assert_eq!(key_path(k).as_ref(), k);
+        }
+    }
+
+    #[test]
+    fn a_failed_check_is_one_line_naming_the_cause() {
+        // Port 1 on loopback: nothing listens there, the connection is refused at once.
+        let opts = RemoteOptions {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            retries: 0,
+            timeout: Duration::from_secs(5),
+            ..RemoteOptions::default()
+        };
+        let loc = Location::parse("s3://b/p").unwrap().unwrap();
+        let err = match Client::connect(loc, opts) {
+            Ok(_) => panic!("a closed port connected"),
+            Err(e) => e.to_string(),
+        };
+        // Keys from the environment (or a shared file) are tried against the closed port; without
+        // any, the client asks the (absent) instance metadata service first.
+        let keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
+            || creds::from_files().credentials.is_some();
+        let want = if keys {
+            "s3://b/p: endpoint unreachable"
+        } else {
+            "s3://b/p: no credentials"
+        };
+        assert!(err.starts_with(want), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 
     #[test]
