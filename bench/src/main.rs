@@ -29,6 +29,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return parse_failure(&e),
     };
+    // SAFETY: nothing has started a thread yet (arguments parsed, logging not set up).
+    unsafe { nitro_uring_bench::s3::prepare_env(&cli.args) };
     // The bench draws progress bars: the mount's heartbeat would break them up, so it logs
     // warnings only unless asked for more.
     nitro_uring::logging::init(cli.verbose, cli.quiet || cli.verbose == 0);
