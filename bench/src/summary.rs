@@ -239,6 +239,20 @@ fn s3(s: &mut String, r: &Report) -> std::fmt::Result {
                 cpu.join(", ")
             )?;
         }
+        for (target, threads) in &z.mount_cpu_s_per_run_by_thread {
+            let mut v: Vec<(&String, &f64)> = threads.iter().collect();
+            v.sort_by(|a, b| b.1.total_cmp(a.1));
+            let parts: Vec<String> = v
+                .iter()
+                .take(6)
+                .map(|(n, s)| format!("{n} {s:.2} s"))
+                .collect();
+            writeln!(
+                s,
+                "S3 {tag} cold {target}: this process's CPU per run by thread: {}",
+                parts.join(", ")
+            )?;
+        }
         writeln!(
             s,
             "S3 {tag} warm: mount/local page cache {} (target ≥ 0.9×, the resident tier's); {} passthrough opens",

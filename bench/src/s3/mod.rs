@@ -102,6 +102,10 @@ pub struct S3Size {
     /// run, on average (only for a server the bench started). The same bytes in the same GETs
     /// should cost the server the same; the difference is CPU the server did not get.
     pub server_cpu_s_per_run: BTreeMap<String, f64>,
+    /// Per cold mount target: this process's CPU seconds per run by thread name (the reader is
+    /// `nitro-uring-ben`, the FUSE workers, the ring thread `nitro-ring`, the GETs' runtime
+    /// `nitro-s3`), on average: where the mount's own time goes.
+    pub mount_cpu_s_per_run_by_thread: BTreeMap<String, BTreeMap<String, f64>>,
     pub notes: Vec<String>,
 }
 
@@ -364,6 +368,7 @@ impl Bench<'_> {
             byte_exact_passthrough: None,
             passthrough_opens: 0,
             server_cpu_s_per_run: BTreeMap::new(),
+            mount_cpu_s_per_run_by_thread: BTreeMap::new(),
             notes: Vec::new(),
         };
         let target = S3Target {
@@ -372,7 +377,7 @@ impl Bench<'_> {
             mnt: mnt.clone(),
             size,
         };
-        let (mount, arena) = self.s3_cold(env, &target, &tag, &mut out.server_cpu_s_per_run)?;
+        let (mount, arena) = self.s3_cold(env, &target, &tag, &mut out)?;
         out.cold_mount_over_get = mount;
         out.cold_arena_over_get = arena;
         self.s3_warm(env, &target, &local_dir, up.hash, &mut out)?;
@@ -412,7 +417,8 @@ impl Bench<'_> {
     }
 
     /// One cold read of the whole object through a fresh mount; the mount's counters before and
-    /// after it. The mount is taken down after.
+    /// after it, and the CPU seconds each thread name used meanwhile. The mount is taken down
+    /// after.
     fn s3_mount_read(
         &mut self,
         env: &Env,
@@ -420,13 +426,19 @@ impl Bench<'_> {
         store: StoreMode,
         (concurrency, chunk): (usize, u64),
         label: String,
-    ) -> Result<(Measurement, StatsSnapshot, StatsSnapshot)> {
+    ) -> Result<MountRead> {
         self.s3_mount(env, t, store, concurrency, chunk)?;
         let before = self.mount_stats().unwrap_or_default();
+        let cpu0 = sys::thread_cpu_seconds();
         let m = workload::seq_read(&[t.file()], SEQ_BLOCK, &self.ctx(label));
+        let mut threads = sys::thread_cpu_seconds();
+        for (name, s) in threads.iter_mut() {
+            *s -= cpu0.get(name).copied().unwrap_or(0.0);
+        }
+        threads.retain(|_, s| *s > 0.0);
         let after = self.mount_stats().unwrap_or_default();
         self.unmount()?;
-        Ok((m?, before, after))
+        Ok((m?, before, after, threads))
     }
 
     /// The baseline once: a fresh client (and runtime) fetching the whole object.
@@ -456,7 +468,7 @@ impl Bench<'_> {
         env: &Env,
         t: &S3Target,
         tag: &str,
-        server_cpu: &mut BTreeMap<String, f64>,
+        out: &mut S3Size,
     ) -> Result<(Option<f64>, Option<f64>)> {
         let workload: &'static str = leak(format!("s3-{tag}-cold"));
         let label: &'static str = leak(format!("S3 {tag} cold seq 1 MiB"));
@@ -514,14 +526,23 @@ impl Bench<'_> {
                 let m = match store {
                     None => self.s3_get(env, t, conf, label)?,
                     Some(mode) => {
-                        let (m, a, b) = self.s3_mount_read(env, t, mode.clone(), conf, label)?;
+                        let (m, a, b, threads) =
+                            self.s3_mount_read(env, t, mode.clone(), conf, label)?;
                         stats[i] = Some((a, b));
+                        let per = out
+                            .mount_cpu_s_per_run_by_thread
+                            .entry(spec.target.to_string())
+                            .or_default();
+                        for (name, s) in threads {
+                            *per.entry(name).or_default() += s / rounds as f64;
+                        }
                         m
                     }
                 };
                 if let (Some(a), Some(b)) = (cpu0, env.server_cpu()) {
-                    *server_cpu.entry(spec.target.to_string()).or_default() +=
-                        (b - a) / rounds as f64;
+                    *out.server_cpu_s_per_run
+                        .entry(spec.target.to_string())
+                        .or_default() += (b - a) / rounds as f64;
                 }
                 add_run(&mut acc[i], &mut gbps[i], m);
             }
@@ -652,7 +673,7 @@ impl Bench<'_> {
                     );
                     let r = self.s3_get(env, &t, (concurrency, chunk), format!("{what} · GET"))?;
                     g.push(r.bytes as f64 / r.seconds.max(1e-9) / 1e9);
-                    let (r, _, _) = self.s3_mount_read(
+                    let (r, _, _, _) = self.s3_mount_read(
                         env,
                         &t,
                         StoreMode::Ephemeral,
@@ -685,6 +706,15 @@ impl Bench<'_> {
         Ok(points)
     }
 }
+
+/// A cold read through a mount: the measurement, the mount's counters before and after, and the
+/// CPU seconds per thread name.
+type MountRead = (
+    Measurement,
+    StatsSnapshot,
+    StatsSnapshot,
+    BTreeMap<String, f64>,
+);
 
 /// One size's object and where it is mounted.
 struct S3Target {

@@ -125,15 +125,8 @@ impl Server {
 
     /// The server's CPU time so far (user + system, seconds), from /proc.
     pub(crate) fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the command name (which may hold spaces) in parentheses: utime is the
-        // 14th field of the line, stime the 15th.
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        Some(ticks / hz)
+        let stat = PathBuf::from(format!("/proc/{}/stat", self.child.id()));
+        crate::sys::stat_cpu_seconds(&stat).map(|(_, s)| s)
     }
 
     fn log_tail(&self) -> String {
