@@ -100,13 +100,24 @@ impl RemoteFs {
         notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
         telemetry: Arc<crate::control::telemetry::Telemetry>,
     ) -> RemoteFs {
+        // The prefetch window is capped at the GETs that can run at once. Wider, it only queues
+        // fills behind `--s3-concurrency`; and once the engine's fills are all taken, the far end
+        // of a prefetch is dropped for good (the stream counts it as requested), so the reader
+        // later misses there, each miss a GET queued behind the whole window: a cold read through
+        // the arena ran at a third of the GETs' speed (`nitro-uring bench --only s3`).
+        let gets = client
+            .opts
+            .concurrency
+            .clamp(1, crate::mount::MAX_FILLS / 2) as u64;
+        let cap = gets * shared.chunk_bytes;
+        let readahead_bytes = opts.readahead_bytes.min(cap);
         let reader = Reader {
             shared: shared.clone(),
             tx,
             waker,
             telemetry,
-            readahead_bytes: opts.readahead_bytes,
-            max_readahead_bytes: opts.max_readahead_bytes,
+            readahead_bytes,
+            max_readahead_bytes: opts.max_readahead_bytes.min(cap).max(readahead_bytes),
         };
         RemoteFs {
             client,
