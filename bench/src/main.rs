@@ -56,7 +56,14 @@ fn parse_failure(e: &clap::Error) -> ExitCode {
         return ExitCode::from(2);
     }
     let text = e.to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
+    let mut lines = text.lines();
+    let mut first = lines.next().unwrap_or("invalid arguments").to_string();
+    // "the following required arguments were not provided:" names them on the next line.
+    if first.ends_with(':')
+        && let Some(next) = lines.next()
+    {
+        first = format!("{first} {}", next.trim());
+    }
     eprintln!(
         "nitro-uring: {} (see --help)",
         first.trim_start_matches("error: ")

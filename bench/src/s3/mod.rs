@@ -211,6 +211,12 @@ impl Bench<'_> {
             .clone()
             .or_else(|| std::env::var("AWS_REGION").ok())
             .unwrap_or_else(|| "us-east-1".into());
+        if !keys_in_env() {
+            // (Set by `prepare_env` for a server started here; a caller in-process sets them.)
+            bail!(
+                "S3 rows: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the baseline client and the in-process mount read them)"
+            );
+        }
         let (ep, server, server_text) = match (&args.s3_endpoint, &args.s3_bucket) {
             (Some(url), Some(bucket)) => (
                 Endpoint {
@@ -232,11 +238,6 @@ impl Bench<'_> {
                         server::INSTALL
                     )
                 })?;
-                if !keys_in_env() {
-                    bail!(
-                        "S3 rows: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the server started here and the mount use them)"
-                    );
-                }
                 let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default();
                 let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default();
                 let root = self.work.join("s3-root");

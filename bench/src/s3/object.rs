@@ -122,13 +122,15 @@ pub(crate) fn ensure(
     size: u64,
     ctx: &Ctx<'_>,
 ) -> Result<Uploaded> {
-    if let Ok(meta) = rt.block_on(store.head(key))
-        && meta.size == size
-    {
-        return Ok(Uploaded {
-            seconds: None,
-            hash: pattern_hash(size),
-        });
+    match rt.block_on(store.head(key)) {
+        Ok(meta) if meta.size == size => {
+            return Ok(Uploaded {
+                seconds: None,
+                hash: pattern_hash(size),
+            });
+        }
+        Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(anyhow!("HEAD {key}: {e}")),
     }
     const PART: usize = 16 << 20;
     let started = Instant::now();
