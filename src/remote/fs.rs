@@ -371,7 +371,13 @@ impl Filesystem for RemoteFs {
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
+        // One request never needs more than the chunk (as for a local source): max_write also
+        // sets the max_pages the kernel may put in one read. Without it fuser offers 16 MiB, the
+        // kernel caps that at fs.fuse.max_pages_limit, and once a mount with a larger --chunk has
+        // raised that limit, reads bigger than the engine's 1-chunk buffers arrive and the ring
+        // thread panics (seen: an 8 MiB read on a 1 MiB-chunk mount).
         let request = (self.shared.max_request_bytes as u32).max(4096);
+        let _ = config.set_max_write(request);
         if let Err(max) = config.set_max_readahead(request) {
             let _ = config.set_max_readahead(max);
         }
