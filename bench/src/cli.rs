@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use nitro_uring::size::parse_size;
+use nitro_uring::size::{parse_bytes, parse_size};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -66,6 +66,46 @@ pub struct BenchArgs {
     /// Never drop the system's page cache (the cold rows are then skipped)
     #[arg(long)]
     pub no_drop_caches: bool,
+    /// S3 rows (`--only s3`, never in the default run): an S3-protocol endpoint to measure, with
+    /// --s3-bucket (credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Default: the bench
+    /// starts s3s-fs itself on a free port and stops it at the end
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "s3_bucket",
+        help_heading = "S3 rows"
+    )]
+    pub s3_endpoint: Option<String>,
+    /// S3 rows: the bucket on --s3-endpoint (the test object goes under nitro-uring-bench/)
+    #[arg(long, requires = "s3_endpoint", help_heading = "S3 rows")]
+    pub s3_bucket: Option<String>,
+    /// S3 rows: the region (default: AWS_REGION, else us-east-1)
+    #[arg(long, help_heading = "S3 rows")]
+    pub s3_region: Option<String>,
+    /// S3 rows: the s3s-fs program to start when no --s3-endpoint is given (default: s3s-fs on
+    /// PATH, else /opt/s3s/bin/s3s-fs)
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "s3_endpoint",
+        help_heading = "S3 rows"
+    )]
+    pub s3_server: Option<PathBuf>,
+    /// S3 rows: object sizes, comma-separated (default 1GiB; --quick 32MiB)
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, help_heading = "S3 rows")]
+    pub s3_sizes: Option<Vec<u64>>,
+    /// S3 rows: the mount's --s3-concurrency, and the GETs in flight of the baseline (default: the
+    /// mount's default)
+    #[arg(long, help_heading = "S3 rows")]
+    pub s3_concurrency: Option<usize>,
+    /// S3 rows: the mount's --chunk, and the size of the baseline's ranged GETs (default: the
+    /// mount's default)
+    #[arg(long, value_parser = parse_bytes, help_heading = "S3 rows")]
+    pub s3_chunk: Option<u64>,
+    /// S3 rows: also sweep --s3-concurrency 8,16,32,64 × --chunk 1MiB,4MiB,8MiB (cold reads
+    /// through the mount and the baseline at the same settings, 2 runs each)
+    #[arg(long, help_heading = "S3 rows")]
+    pub s3_sweep: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]

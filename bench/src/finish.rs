@@ -68,6 +68,7 @@ pub(crate) struct Measured {
     pub(crate) cpu: CpuBaseline,
     pub(crate) resident: Vec<crate::resident::Resident>,
     pub(crate) resident_notes: Vec<String>,
+    pub(crate) s3: Option<crate::s3::S3Report>,
 }
 
 /// The run's report. `workdir` is the temporary directory the run used.
@@ -105,6 +106,7 @@ pub(crate) fn report(
         page_cache: m.page_cache,
         targets: targets(plan),
         resident: m.resident,
+        s3: m.s3,
         notes: plan
             .notes
             .iter()
@@ -127,21 +129,43 @@ fn memory(pool: u64, peak_before_mmap: u64, stats: Option<StatsSnapshot>) -> Mem
 }
 
 /// Rows by workload, then target, in the order of `WORKLOADS` and `report::TARGETS`, their labels
-/// saying how many threads "×N" was.
+/// saying how many threads "×N" was. Rows of one id in `WORKLOADS` with several workloads of their
+/// own (`resident-1GiB-mmap`, `s3-1GiB-cold`) keep the order they ran in, each one's targets
+/// together.
 fn in_report_order(mut rows: Vec<Row>, threads: usize) -> Vec<Row> {
-    let order = |r: &Row| {
-        (
-            WORKLOADS
+    let mut first_seen: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !first_seen.contains(&r.workload.as_str()) {
+            first_seen.push(&r.workload);
+        }
+    }
+    let keys: Vec<(usize, usize, usize)> = rows
+        .iter()
+        .map(|r| {
+            let id = WORKLOADS
                 .iter()
-                .position(|w| w.0 == r.workload)
-                .unwrap_or(99),
-            report::TARGETS
+                .position(|w| {
+                    r.workload == w.0
+                        || r.workload
+                            .strip_prefix(w.0)
+                            .is_some_and(|rest| rest.starts_with('-'))
+                })
+                .unwrap_or(99);
+            let seen = first_seen
+                .iter()
+                .position(|w| *w == r.workload)
+                .unwrap_or(0);
+            let target = report::TARGETS
                 .iter()
                 .position(|t| *t == r.target)
-                .unwrap_or(9),
-        )
-    };
-    rows.sort_by_key(order);
+                .unwrap_or(9);
+            (id, seen, target)
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| keys[i]);
+    let mut slots: Vec<Option<Row>> = rows.drain(..).map(Some).collect();
+    rows = order.into_iter().filter_map(|i| slots[i].take()).collect();
     for r in &mut rows {
         r.label = r.label.replace("×N", &format!("×{threads}"));
     }

@@ -51,6 +51,8 @@ pub(crate) struct Bench<'a> {
     /// What the resident rows found beside their throughput (see `resident`).
     pub(crate) resident_runs: Vec<crate::resident::Resident>,
     pub(crate) resident_notes: Vec<String>,
+    /// What the S3 rows found beside their throughput (see `s3`).
+    pub(crate) s3: Option<crate::s3::S3Report>,
 }
 
 /// Drops the page-cache pages of these files (between passes of a warm row).
@@ -82,6 +84,7 @@ impl<'a> Bench<'a> {
             last_stats: None,
             resident_runs: Vec::new(),
             resident_notes: Vec::new(),
+            s3: None,
         }
     }
 }

@@ -18,7 +18,8 @@
 //! A run, in the order the modules take part: `cli` (arguments), `run` (signals, clean-up),
 //! `workspace` (the temporary directory), `plan` (data, sizes, timing), `harness` (the mounts a row
 //! needs), `rows` (the workloads), `rounds` (targets taking turns), `workload` (the reads
-//! themselves), `finish` and `summary` (the report), `report` (its types, table and plot).
+//! themselves), `finish` and `summary` (the report), `report` (its types, table and plot); `s3`
+//! (rows of an S3 source, on request) and `resident` (the store's rows) bring data of their own.
 
 pub mod cli;
 pub mod codec;
@@ -32,6 +33,7 @@ pub mod resident;
 mod rounds;
 mod rows;
 mod run;
+pub mod s3;
 mod summary;
 pub mod sys;
 pub mod workload;

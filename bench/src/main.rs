@@ -29,6 +29,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return parse_failure(&e),
     };
+    // SAFETY: nothing has started a thread yet (arguments parsed, logging not set up).
+    unsafe { nitro_uring_bench::s3::prepare_env(&cli.args) };
     // The bench draws progress bars: the mount's heartbeat would break them up, so it logs
     // warnings only unless asked for more.
     nitro_uring::logging::init(cli.verbose, cli.quiet || cli.verbose == 0);
@@ -54,7 +56,14 @@ fn parse_failure(e: &clap::Error) -> ExitCode {
         return ExitCode::from(2);
     }
     let text = e.to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
+    let mut lines = text.lines();
+    let mut first = lines.next().unwrap_or("invalid arguments").to_string();
+    // "the following required arguments were not provided:" names them on the next line.
+    if first.ends_with(':')
+        && let Some(next) = lines.next()
+    {
+        first = format!("{first} {}", next.trim());
+    }
     eprintln!(
         "nitro-uring: {} (see --help)",
         first.trim_start_matches("error: ")

@@ -128,6 +128,9 @@ impl Plan {
     /// The one line that says what is about to be measured.
     pub(crate) fn announce(&self) {
         let t = &self.timing;
+        if self.files.is_empty() {
+            return;
+        }
         eprintln!(
             "nitro-uring bench: {} in {} files; pool {}, {} FUSE threads, {} reader threads for ×N rows, {:.2}s per timed row",
             human_bytes(self.total_bytes),
@@ -154,6 +157,10 @@ fn data(
     }
     let source = ws.root.join("src");
     std::fs::create_dir(&source)?;
+    if !crate::rows::local_rows(args) {
+        // Only rows with data of their own (`--only s3`): no model directory to generate.
+        return Ok((source, false, Vec::new()));
+    }
     let shards = 4u64;
     let (disk_free, _) = sys::statfs(&ws.root).unwrap_or((u64::MAX, 0));
     let shard = match args.size {

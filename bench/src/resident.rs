@@ -26,7 +26,7 @@ use crate::sys;
 use crate::workload::{self, Ctx, FileRef, Rng, human_bytes};
 
 /// Read shapes: id suffix, label, request bytes.
-const SHAPES: [(&str, &str, usize); 3] = [
+pub(crate) const SHAPES: [(&str, &str, usize); 3] = [
     ("seq-1m", "re-open, dd 1 MiB", 1 << 20),
     ("seq-128k", "re-open, dd 128 KiB", 128 << 10),
     (
@@ -155,7 +155,16 @@ impl Bench<'_> {
         }
         out.store_fill_seconds = started.elapsed().as_secs_f64();
         let opens_before = self.mount_stats().map_or(0, |s| s.passthrough_opens);
-        self.resident_rows(size, &src, &via)?;
+        let tag = size_tag(size);
+        self.shape_rows(
+            &format!("resident-{tag}"),
+            &format!("resident {tag} file"),
+            (&src, "the source file in the page cache (read once before)"),
+            (
+                &via,
+                "the store holds the file whole; every pass re-opens it (passthrough)",
+            ),
+        )?;
         out.passthrough_opens = self
             .mount_stats()
             .map_or(0, |s| s.passthrough_opens - opens_before);
@@ -186,12 +195,12 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn mount_stats(&self) -> Option<nitro_uring::mount::StatsSnapshot> {
+    pub(crate) fn mount_stats(&self) -> Option<nitro_uring::mount::StatsSnapshot> {
         self.mount.as_ref().map(|m| m.0.stats())
     }
 
     /// Waits (at most 5 minutes) until the store holds `files` files whole.
-    fn wait_stored(&self, files: u64) -> bool {
+    pub(crate) fn wait_stored(&self, files: u64) -> bool {
         let deadline = Instant::now() + Duration::from_secs(300);
         while Instant::now() < deadline {
             match self.mount_stats() {
@@ -203,25 +212,23 @@ impl Bench<'_> {
         false
     }
 
-    /// One row per read shape, source and mount taking turns.
-    fn resident_rows(&mut self, size: u64, src: &[FileRef], via: &[FileRef]) -> Result<()> {
+    /// One row per read shape (workload `{id}-{shape}`, label `{label}: {what}`), source and
+    /// mount taking turns; each side is its files and the state they are in.
+    pub(crate) fn shape_rows(
+        &mut self,
+        id: &str,
+        label: &str,
+        src: (&[FileRef], &'static str),
+        via: (&[FileRef], &'static str),
+    ) -> Result<()> {
         let per_round = self.plan.timing.seconds / self.plan.timing.rounds as f64;
-        let tag = size_tag(size);
         let mut entries: Vec<(RowSpec<'static>, Runner)> = Vec::new();
         for (shape, what, block) in SHAPES {
-            let workload: &'static str = leak(format!("resident-{tag}-{shape}"));
-            let label: &'static str = leak(format!("resident {tag} file: {what}"));
+            let workload: &'static str = leak(format!("{id}-{shape}"));
+            let label: &'static str = leak(format!("{label}: {what}"));
             for (target, files, state) in [
-                (
-                    "source",
-                    src.to_vec(),
-                    "the source file in the page cache (read once before)",
-                ),
-                (
-                    "mount",
-                    via.to_vec(),
-                    "the store holds the file whole; every pass re-opens it (passthrough)",
-                ),
+                ("source", src.0.to_vec(), src.1),
+                ("mount", via.0.to_vec(), via.1),
             ] {
                 let spec = RowSpec {
                     workload,
@@ -302,7 +309,7 @@ pub(crate) fn size_tag(size: u64) -> String {
     }
 }
 
-fn leak(s: String) -> &'static str {
+pub(crate) fn leak(s: String) -> &'static str {
     // A handful of labels per run, kept for the report's lifetime (the process's).
     Box::leak(s.into_boxed_str())
 }
@@ -328,7 +335,7 @@ fn write_random(path: &Path, size: u64, ctx: &Ctx<'_>) -> Result<()> {
 }
 
 /// xxh3 of a whole file, read in 16 MiB pieces.
-fn hash_file(path: &PathBuf) -> Result<u64> {
+pub(crate) fn hash_file(path: &PathBuf) -> Result<u64> {
     let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 16 << 20];

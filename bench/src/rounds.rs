@@ -20,7 +20,7 @@ fn run_gbps(m: &Measurement) -> f64 {
     m.bytes as f64 / m.seconds.max(1e-9) / 1e9
 }
 
-fn stats_delta(a: &StatsSnapshot, b: &StatsSnapshot) -> serde_json::Value {
+pub(crate) fn stats_delta(a: &StatsSnapshot, b: &StatsSnapshot) -> serde_json::Value {
     serde_json::json!({
         "hits": b.hits - a.hits,
         "misses": b.misses - a.misses,
@@ -36,7 +36,7 @@ fn stats_delta(a: &StatsSnapshot, b: &StatsSnapshot) -> serde_json::Value {
 }
 
 /// Adds one run to a row's accumulated measurement and its per-run rates.
-fn add_run(acc: &mut Option<Measurement>, gbps: &mut Vec<f64>, m: Measurement) {
+pub(crate) fn add_run(acc: &mut Option<Measurement>, gbps: &mut Vec<f64>, m: Measurement) {
     gbps.push(run_gbps(&m));
     *acc = Some(match acc.take() {
         None => m,

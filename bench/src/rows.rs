@@ -15,7 +15,7 @@ use crate::sys;
 use crate::workload::{self, Ctx};
 
 /// Workload ids and labels, in report order.
-pub const WORKLOADS: [(&str, &str); 12] = [
+pub const WORKLOADS: [(&str, &str); 13] = [
     ("cold-seq", "cold seq read 1 MiB"),
     ("arena-seq", "warm arena seq 1 MiB"),
     ("pagecache-seq", "page-cache hit seq 1 MiB"),
@@ -29,13 +29,28 @@ pub const WORKLOADS: [(&str, &str); 12] = [
     ("load-warm", "model load, warm arena"),
     // One row per file size and read shape (`resident.rs`); this id selects them all.
     ("resident", "resident re-open (store + passthrough)"),
+    // An S3 source, only when asked by name (`s3/`): cold and warm rows per object size.
+    ("s3", "S3 source (ranged GETs against the mount)"),
 ];
 
 pub(crate) const SEQ_BLOCK: usize = 1 << 20;
 pub(crate) const LOAD_BLOCK: usize = 16 << 20;
 
-fn selected(args: &BenchArgs, id: &str) -> bool {
-    args.only.is_empty() || args.only.iter().any(|o| o == id)
+/// Whether row `id` runs: every row when `--only` is not given, except those only run on request
+/// (`ON_REQUEST`: they need a server, and minutes).
+pub(crate) fn selected(args: &BenchArgs, id: &str) -> bool {
+    let named = args.only.iter().any(|o| o == id);
+    named || (args.only.is_empty() && !ON_REQUEST.contains(&id))
+}
+
+/// Rows that run only when `--only` names them.
+pub(crate) const ON_REQUEST: [&str; 1] = ["s3"];
+
+/// Whether any row that reads the local source (the generated or `--source` directory) runs.
+pub(crate) fn local_rows(args: &BenchArgs) -> bool {
+    WORKLOADS
+        .iter()
+        .any(|w| !ON_REQUEST.contains(&w.0) && selected(args, w.0))
 }
 
 pub(crate) fn label_of(id: &str) -> &'static str {
@@ -405,6 +420,13 @@ pub(crate) fn run_rows(b: &mut Bench<'_>) -> Result<u64> {
         b.unmount()?;
         let main_stats = b.last_stats;
         b.resident()?;
+        b.last_stats = main_stats;
+        sys::reset_peak_rss();
+    }
+    if selected(args, "s3") {
+        b.unmount()?;
+        let main_stats = b.last_stats;
+        b.s3()?;
         b.last_stats = main_stats;
         sys::reset_peak_rss();
     }

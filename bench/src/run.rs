@@ -110,6 +110,7 @@ impl Run<'_> {
             cpu,
             resident: std::mem::take(&mut b.resident_runs),
             resident_notes: std::mem::take(&mut b.resident_notes),
+            s3: b.s3.take(),
         };
         let report = finish::report(args, &plan, &ws.root, machine, &self.started, measured);
         finish::publish(args, &report)

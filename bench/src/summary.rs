@@ -15,24 +15,32 @@ pub(crate) fn summary(r: &Report) -> String {
     let _ = targets(&mut s, r);
     let _ = memory(&mut s, r);
     let _ = resident(&mut s, r);
+    let _ = s3(&mut s, r);
     let _ = warnings(&mut s, r);
     s
 }
 
 /// The machine, the data, and how busy the rest of the machine was.
 fn context(s: &mut String, r: &Report) -> std::fmt::Result {
+    let data = if r.files.is_empty() {
+        "data: the rows' own".to_string()
+    } else {
+        format!(
+            "data: {} in {} files on {} ({})",
+            human_bytes(r.total_bytes),
+            r.files.len(),
+            r.source_fs,
+            r.source_device
+        )
+    };
     writeln!(
         s,
-        "machine: {} cores, {}, kernel {}, load {} → {}; data: {} in {} files on {} ({})",
+        "machine: {} cores, {}, kernel {}, load {} → {}; {data}",
         r.machine.cores,
         r.machine.cpu_model,
         r.machine.kernel,
         r.machine.loadavg_at_start,
         r.loadavg_at_end,
-        human_bytes(r.total_bytes),
-        r.files.len(),
-        r.source_fs,
-        r.source_device
     )?;
     writeln!(
         s,
@@ -52,6 +60,13 @@ fn targets(s: &mut String, r: &Report) -> std::fmt::Result {
         Some(_) => "MISSES",
         None => "n/a",
     };
+    if ["arena-seq", "cold-seq", "load-cold", "load-warm"]
+        .iter()
+        .all(|id| ratio(id).is_none())
+    {
+        // None of these rows ran (`--only resident`, `--only s3`): no verdicts to give.
+        return Ok(());
+    }
     let arena = ratio("arena-seq").and_then(|x| x.mount_over_ceiling);
     let cold = ratio("cold-seq").and_then(|x| x.mount_over_source);
     let cold_qd = ratio("cold-seq").and_then(|x| x.mount_over_source_same_depth);
@@ -79,6 +94,10 @@ fn targets(s: &mut String, r: &Report) -> std::fmt::Result {
 
 /// Peak RSS against the pool, and what the page cache held after the cold and keep-mode reads.
 fn memory(s: &mut String, r: &Report) -> std::fmt::Result {
+    if r.files.is_empty() {
+        // No main mount ran (`--only s3`): no pool to report on.
+        return Ok(());
+    }
     writeln!(
         s,
         "memory: peak RSS {} with an arena (pool) of {} ({} used), index {}",
@@ -87,6 +106,13 @@ fn memory(s: &mut String, r: &Report) -> std::fmt::Result {
         human_bytes(r.memory.pool_used_bytes),
         human_bytes(r.memory.index_overhead_bytes)
     )?;
+    let pc = &r.page_cache;
+    if pc.source_after_source_cold_read.is_none()
+        && pc.source_after_mount_cold_read.is_none()
+        && pc.mount_after_keep_mode_reads.is_none()
+    {
+        return Ok(());
+    }
     let pct =
         |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{:.0}%", v * 100.0));
     writeln!(
@@ -149,6 +175,132 @@ fn resident(s: &mut String, r: &Report) -> std::fmt::Result {
         for n in &res.notes {
             writeln!(s, "note: resident {tag}: {n}")?;
         }
+    }
+    Ok(())
+}
+
+/// The S3 rows: per size the cold ratio against the ≥ 1.0× target (and the `--store off` mount's),
+/// the warm ratios against the resident tier's ≥ 0.9×, the byte checks; then the sweep's table.
+fn s3(s: &mut String, r: &Report) -> std::fmt::Result {
+    let Some(s3) = &r.s3 else {
+        return Ok(());
+    };
+    writeln!(
+        s,
+        "S3: {} (bucket {}, region {}); mount and baseline at {} × {} GETs in flight",
+        s3.server,
+        s3.bucket,
+        s3.region,
+        s3.concurrency,
+        human_bytes(s3.chunk_bytes)
+    )?;
+    let f = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}×"));
+    let verdict = |v: Option<f64>, target: f64| match v {
+        Some(v) if v >= target => "meets",
+        Some(_) => "MISSES",
+        None => "n/a",
+    };
+    for z in &s3.sizes {
+        let tag = crate::resident::size_tag(z.size_bytes);
+        writeln!(
+            s,
+            "S3 {tag} cold: mount/GET {} ({} the ≥ 1.0× target), --store off {}; first read {}, passthrough read {}; store held the object {:.1} s after the first open",
+            f(z.cold_mount_over_get),
+            verdict(z.cold_mount_over_get, 1.0),
+            f(z.cold_arena_over_get),
+            if z.byte_exact_first_read {
+                "byte-exact"
+            } else {
+                "BYTES DIFFER"
+            },
+            match z.byte_exact_passthrough {
+                Some(true) => "byte-exact",
+                Some(false) => "BYTES DIFFER",
+                None => "n/a",
+            },
+            z.store_fill_seconds
+        )?;
+        let warm: Vec<String> = ["seq-1m", "seq-128k", "mmap"]
+            .iter()
+            .map(|shape| {
+                let v = z.warm_mount_over_local.get(*shape).copied();
+                format!("{shape} {} ({})", f(v), verdict(v, 0.9))
+            })
+            .collect();
+        if !z.server_cpu_s_per_run.is_empty() {
+            let cpu: Vec<String> = z
+                .server_cpu_s_per_run
+                .iter()
+                .map(|(t, v)| format!("{t} {v:.2} s"))
+                .collect();
+            writeln!(
+                s,
+                "S3 {tag} cold: the server's CPU time per run: {} (its CPU is the 'other' column's share)",
+                cpu.join(", ")
+            )?;
+        }
+        for (target, threads) in &z.mount_cpu_s_per_run_by_thread {
+            let mut v: Vec<(&String, &f64)> = threads.iter().collect();
+            v.sort_by(|a, b| b.1.total_cmp(a.1));
+            let parts: Vec<String> = v
+                .iter()
+                .take(6)
+                .map(|(n, s)| format!("{n} {s:.2} s"))
+                .collect();
+            writeln!(
+                s,
+                "S3 {tag} cold {target}: this process's CPU per run by thread: {}",
+                parts.join(", ")
+            )?;
+        }
+        writeln!(
+            s,
+            "S3 {tag} warm: mount/local page cache {} (target ≥ 0.9×, the resident tier's); {} passthrough opens",
+            warm.join(", "),
+            z.passthrough_opens
+        )?;
+        for n in &z.notes {
+            writeln!(s, "note: S3 {tag}: {n}")?;
+        }
+    }
+    if !s3.sweep.is_empty() {
+        writeln!(
+            s,
+            "S3 sweep: cold read through the mount (--store none), GB/s, median of {} runs; in brackets the baseline at the same settings, then mount/GET",
+            s3.sweep[0].mount.as_ref().map_or(0, |r| r.n)
+        )?;
+        let mut chunks: Vec<u64> = s3.sweep.iter().map(|p| p.chunk_bytes).collect();
+        chunks.dedup();
+        let mut concs: Vec<usize> = s3.sweep.iter().map(|p| p.concurrency).collect();
+        concs.sort_unstable();
+        concs.dedup();
+        write!(s, "  {:<13}", "concurrency")?;
+        for c in &chunks {
+            write!(s, " {:<24}", format!("--chunk {}", human_bytes(*c)))?;
+        }
+        writeln!(s)?;
+        for conc in concs {
+            write!(s, "  {conc:<13}")?;
+            for c in &chunks {
+                let p = s3
+                    .sweep
+                    .iter()
+                    .find(|p| p.concurrency == conc && p.chunk_bytes == *c);
+                let cell = p.map_or_else(String::new, |p| {
+                    format!(
+                        "{:.3} ({:.3}) {}",
+                        p.mount.as_ref().map_or(0.0, |r| r.median_gbps),
+                        p.get.as_ref().map_or(0.0, |r| r.median_gbps),
+                        f(p.mount_over_get)
+                    )
+                });
+                write!(s, " {cell:<24}")?;
+            }
+            writeln!(s)?;
+        }
+    }
+    for n in &s3.notes {
+        writeln!(s, "note: S3: {n}")?;
     }
     Ok(())
 }

@@ -106,6 +106,42 @@ pub fn cpu_seconds() -> (f64, f64) {
     (s(ru.ru_utime), s(ru.ru_stime))
 }
 
+/// The command name and user + system CPU seconds of a `/proc/.../stat` file (a process or a
+/// thread).
+pub fn stat_cpu_seconds(path: &Path) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The name is in parentheses and may hold spaces; utime and stime are the 14th and 15th
+    // fields of the line, the 12th and 13th after the name.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((name, ticks / hz))
+}
+
+/// CPU seconds of this process's live threads so far, summed by thread name with a trailing
+/// number dropped (`fuser-3`: the FUSE workers count as one name).
+pub fn thread_cpu_seconds() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        if let Some((name, s)) = stat_cpu_seconds(&e.path().join("stat")) {
+            let name = match name.rsplit_once(['-', '_']) {
+                Some((stem, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                    stem.to_string()
+                }
+                _ => name,
+            };
+            *out.entry(name).or_insert(0.0) += s;
+        }
+    }
+    out
+}
+
 /// CPU seconds the whole machine has been busy (all CPUs, every process), from /proc/stat.
 pub fn machine_busy_seconds() -> f64 {
     let Ok(text) = std::fs::read_to_string("/proc/stat") else {

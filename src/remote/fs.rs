@@ -122,13 +122,24 @@ impl RemoteFs {
         let set_deps = opts
             .prefetch_sets
             .then(|| (shared.clone(), tx.clone(), waker.clone()));
+        // The prefetch window is capped at the GETs that can run at once. Wider, it only queues
+        // fills behind `--s3-concurrency`; and once the engine's fills are all taken, the far end
+        // of a prefetch is dropped for good (the stream counts it as requested), so the reader
+        // later misses there, each miss a GET queued behind the whole window: a cold read through
+        // the arena ran at a third of the GETs' speed (`nitro-uring bench --only s3`).
+        let gets = client
+            .opts
+            .concurrency
+            .clamp(1, crate::mount::MAX_FILLS / 2) as u64;
+        let cap = gets * shared.chunk_bytes;
+        let readahead_bytes = opts.readahead_bytes.min(cap);
         let reader = Reader {
             shared: shared.clone(),
             tx,
             waker,
             telemetry,
-            readahead_bytes: opts.readahead_bytes,
-            max_readahead_bytes: opts.max_readahead_bytes,
+            readahead_bytes,
+            max_readahead_bytes: opts.max_readahead_bytes.min(cap).max(readahead_bytes),
         };
         let core = Arc::new(Core {
             client: client.clone(),
@@ -470,7 +481,13 @@ impl Filesystem for RemoteFs {
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
+        // One request never needs more than the chunk (as for a local source): max_write also
+        // sets the max_pages the kernel may put in one read. Without it fuser offers 16 MiB, the
+        // kernel caps that at fs.fuse.max_pages_limit, and once a mount with a larger --chunk has
+        // raised that limit, reads bigger than the engine's 1-chunk buffers arrive and the ring
+        // thread panics (seen: an 8 MiB read on a 1 MiB-chunk mount).
         let request = (self.shared.max_request_bytes as u32).max(4096);
+        let _ = config.set_max_write(request);
         if let Err(max) = config.set_max_readahead(request) {
             let _ = config.set_max_readahead(max);
         }

@@ -319,6 +319,10 @@ pub struct Report {
     pub targets: serde_json::Value,
     /// Per file size of the resident rows: RAM of an mmap load, the store's fill, a restart.
     pub resident: Vec<crate::resident::Resident>,
+    /// The S3 rows (`--only s3`): the server, the settings, per object size the ratios, the byte
+    /// checks and the store's fill, and the sweep.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<crate::s3::S3Report>,
     pub notes: Vec<String>,
 }
 

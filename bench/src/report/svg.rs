@@ -19,10 +19,11 @@ const MB: f64 = 34.0;
 const COLS: usize = 3;
 const XDEC: f64 = 4.0;
 
-const COLORS: [(&str, &str); 4] = [
+const COLORS: [(&str, &str); 5] = [
     ("source", "#1f77b4"),
     ("source-qd", "#2ca02c"),
     ("mount", "#d62728"),
+    ("mount-arena", "#ff7f0e"),
     ("ceiling", "#7f7f7f"),
 ];
 
@@ -52,12 +53,17 @@ pub fn svg(report: &Report) -> String {
 }
 
 fn title_and_legend(s: &mut String, report: &Report) -> std::fmt::Result {
+    let data = match &report.s3 {
+        Some(s3) if report.files.is_empty() => format!("S3 rows against {}", s3.endpoint),
+        _ => format!(
+            "{} in {} files",
+            crate::workload::human_bytes(report.total_bytes),
+            report.files.len()
+        ),
+    };
     let title = format!(
-        "nitro-uring bench — latency by percentile ({} cores, {}, {} in {} files)",
-        report.machine.cores,
-        report.machine.kernel,
-        crate::workload::human_bytes(report.total_bytes),
-        report.files.len()
+        "nitro-uring bench — latency by percentile ({} cores, {}, {data})",
+        report.machine.cores, report.machine.kernel,
     );
     writeln!(
         s,
@@ -65,7 +71,15 @@ fn title_and_legend(s: &mut String, report: &Report) -> std::fmt::Result {
         esc(&title)
     )?;
     let mut lx = 10.0;
-    for (name, color) in COLORS {
+    // The targets this report has lines for (a run of S3 rows has no ceiling, a main run no
+    // mount-arena).
+    let present = |t: &str| {
+        report
+            .rows
+            .iter()
+            .any(|r| r.target == t && r.hist.is_some())
+    };
+    for (name, color) in COLORS.into_iter().filter(|c| present(c.0)) {
         writeln!(
             s,
             r#"<line x1="{lx}" y1="38" x2="{}" y2="38" stroke="{color}" stroke-width="2"{}/><text x="{}" y="42">{}</text>"#,
@@ -75,6 +89,7 @@ fn title_and_legend(s: &mut String, report: &Report) -> std::fmt::Result {
             match name {
                 "ceiling" => "ceiling (null FUSE fs)",
                 "source-qd" => "source, O_DIRECT at mount's depth",
+                "mount-arena" => "mount, --store off",
                 _ => name,
             }
         )?;
