@@ -29,28 +29,30 @@
 //!   a wrong secret (moto with authentication on). Credentials and endpoint come from the
 //!   environment, a shared credentials file with a profile, or ~/.aws/credentials.
 //!
-//! The tests run one at a time (`serial()`): each has its own server, and the 1 GiB uploads make
-//! moto's memory peak at several GiB.
+//! The tests run one at a time (`serial()`, a lock shared with the other S3 test binaries, see
+//! tests/support/s3_mount.rs): each has its own server, and the 1 GiB uploads make moto's memory
+//! peak at several GiB.
 
 mod common;
+#[path = "support/s3_mount.rs"]
+mod s3_mount;
 #[path = "support/s3_server.rs"]
 mod s3_server;
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use s3_mount::*;
 use s3_server::*;
 
-const BUCKET: &str = "nitro-test";
 const PREFIX: &str = "models";
 
 /// Watchdog for a daemon reading the 1 GiB object (several passes over it, at moto's speed).
@@ -64,87 +66,8 @@ const WATCHDOG: Duration = Duration::from_secs(300);
 const FAIL_BOUND: Duration = Duration::from_secs(45);
 const FAIL_ARGS: [&str; 4] = ["--s3-retries", "1", "--s3-timeout", "5"];
 
-/// One test at a time (see the file's doc).
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn url(bucket: &str, prefix: &str) -> PathBuf {
-    if prefix.is_empty() {
-        PathBuf::from(format!("s3://{bucket}"))
-    } else {
-        PathBuf::from(format!("s3://{bucket}/{prefix}"))
-    }
-}
-
-/// The daemon's environment: nothing AWS-related from the host (no proxy for 127.0.0.1 either),
-/// `HOME` an empty directory of the test, then `vars`.
-fn hermetic_env(cmd: &mut Command, home: &Path, vars: &[(&str, &str)]) {
-    for (k, _) in std::env::vars_os() {
-        let name = k.to_string_lossy();
-        if name.starts_with("AWS_") || name.to_ascii_lowercase().ends_with("_proxy") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("HOME", home)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-}
-
-fn test_keys() -> [(&'static str, &'static str); 2] {
-    [
-        ("AWS_ACCESS_KEY_ID", TEST_KEY_ID),
-        ("AWS_SECRET_ACCESS_KEY", TEST_SECRET),
-    ]
-}
-
-/// An empty HOME for the daemon, inside the test's directory.
-fn home(dirs: &Dirs) -> PathBuf {
-    let h = dirs.root.path().join("home");
-    fs::create_dir_all(&h).expect("mkdir home");
-    h
-}
-
-/// `nitro-uring mount s3://BUCKET/PREFIX MNT --endpoint E --region us-east-1 ARGS`, with the
-/// test keys in the environment; waits up to 60 s for the mount.
-fn mount_s3(
-    server: &S3Server,
-    dirs: &Dirs,
-    prefix: &str,
-    args: &[&str],
-    watchdog: Duration,
-) -> Daemon {
-    let endpoint = server.endpoint();
-    let mut all = vec!["--endpoint", endpoint.as_str(), "--region", REGION];
-    all.extend_from_slice(args);
-    let home = home(dirs);
-    Daemon::start_with(&url(BUCKET, prefix), &dirs.mnt, &all, watchdog, |cmd| {
-        hermetic_env(cmd, &home, &test_keys())
-    })
-}
-
-/// A server with `BUCKET` created, and the test's client for it.
-fn server_with_bucket() -> (S3Server, S3Client) {
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    let client = S3Client::new(&server.endpoint(), BUCKET);
-    (server, client)
-}
-
 // ---------------------------------------------------------------------------------------------
 // the tree
-
-/// One object of a test tree: key relative to the prefix, pattern seed, length.
-#[derive(Clone, Copy, Debug)]
-struct Obj {
-    rel: &'static str,
-    seed: u64,
-    len: u64,
-}
 
 const TREE: &[Obj] = &[
     Obj {
@@ -228,69 +151,6 @@ fn upload_big(c: &S3Client) -> String {
         t.elapsed()
     );
     etag
-}
-
-/// Reads `path` sequentially in 8 MiB reads and compares every piece with the object's bytes.
-fn check_sequential(path: &Path, o: Obj) {
-    let mut f =
-        File::open(path).unwrap_or_else(|e| panic!("open {}: {}", path.display(), io_context(&e)));
-    let mut buf = vec![0u8; 8 * MIB as usize];
-    let mut want = vec![0u8; buf.len()];
-    let mut off = 0u64;
-    loop {
-        let n = read_full(&mut f, &mut buf)
-            .unwrap_or_else(|e| panic!("read {} at {off}: {}", path.display(), io_context(&e)));
-        if n == 0 {
-            break;
-        }
-        assert!(
-            off + n as u64 <= o.len,
-            "{}: read past the object's {} bytes (at {off}, {n} more)",
-            path.display(),
-            o.len
-        );
-        fill_pattern_at(o.seed, off, &mut want[..n]);
-        if buf[..n] != want[..n] {
-            panic!(
-                "{} at {off}: {}",
-                path.display(),
-                first_diff(&buf[..n], &want[..n])
-            );
-        }
-        off += n as u64;
-    }
-    assert_eq!(off, o.len, "{}: length read", path.display());
-}
-
-/// `read` until `buf` is full or EOF.
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
-/// `pread` of `len` at `off` must return exactly the object's bytes there (short only at EOF).
-#[track_caller]
-fn check_pread(f: &File, o: Obj, off: u64, len: usize, what: &str) {
-    let mut buf = vec![0u8; len];
-    let n = pread_full(f, &mut buf, off)
-        .unwrap_or_else(|e| panic!("{what}: pread {len} at {off}: {}", io_context(&e)));
-    let want_n = o.len.saturating_sub(off).min(len as u64) as usize;
-    assert_eq!(n, want_n, "{what}: pread {len} at {off} of {} bytes", o.len);
-    let want = pattern_at(o.seed, off, n);
-    if buf[..n] != want[..] {
-        panic!(
-            "{what}: pread {len} at {off}: {}",
-            first_diff(&buf[..n], &want)
-        );
-    }
 }
 
 #[test]
@@ -911,56 +771,12 @@ fn reads_fail_with_eio_while_the_server_is_away_and_work_again_when_it_returns()
 // ---------------------------------------------------------------------------------------------
 // the store across restarts
 
-fn stats(mnt: &Path) -> serde_json::Value {
-    let out = run_cli(
-        &[OsStr::new("stats"), mnt.as_os_str(), OsStr::new("--json")],
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "stats --json: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stats --json: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-fn num(v: &serde_json::Value, path: &str) -> u64 {
-    let mut cur = v;
-    for k in path.split('.') {
-        cur = &cur[k];
-    }
-    cur.as_u64()
-        .unwrap_or_else(|| panic!("{path} missing in {v}"))
-}
-
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 fn is_tmpfs(p: &Path) -> bool {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == TMPFS_MAGIC }
-}
-
-/// GETs of `key` in the server's log, and the bytes they asked for (a GET without a range
-/// counts as `whole` bytes).
-fn object_gets(server: &S3Server, key: &str, whole: u64) -> (usize, u64) {
-    let target = format!("/{BUCKET}/{key}");
-    let reads: Vec<ObjectRead> = server
-        .object_reads()
-        .into_iter()
-        .filter(|r| r.target == target || r.target.starts_with(&format!("{target}?")))
-        .collect();
-    let bytes = reads
-        .iter()
-        .map(|r| r.range.map(|(a, b)| b + 1 - a).unwrap_or(whole))
-        .sum();
-    (reads.len(), bytes)
 }
 
 #[test]
