@@ -1316,6 +1316,62 @@ fn harness_moto_serves_ranges_and_etags_and_restarts_on_the_same_port() {
     );
 }
 
+/// Concurrent ranged GETs (a daemon's fills) each leave one whole `nitro-get` line and one whole
+/// access-log line: the tests count a daemon's GETs and bytes from them.
+#[test]
+fn harness_moto_logs_every_one_of_many_concurrent_gets() {
+    let (server, c) = server_with_bucket();
+    let len = 8 * MIB;
+    c.put("d/c.bin", pattern(3, len as usize));
+    let (threads, each) = (8u64, 32u64);
+    let piece = len / (threads * each);
+    let mut want: Vec<(u64, u64)> = (0..threads * each)
+        .map(|i| (i * piece, (i + 1) * piece - 1))
+        .collect();
+    thread::scope(|s| {
+        for t in 0..threads {
+            let c = &c;
+            s.spawn(move || {
+                for i in 0..each {
+                    let off = (t * each + i) * piece;
+                    assert_bytes_eq(
+                        &c.get_range("d/c.bin", off..off + piece),
+                        &pattern_at(3, off, piece as usize),
+                        "ranged GET",
+                    );
+                }
+            });
+        }
+    });
+    thread::sleep(Duration::from_millis(500)); // the access log line follows the answer
+    let mut got: Vec<(u64, u64)> = server
+        .object_reads()
+        .iter()
+        .filter(|r| r.target == "/nitro-test/d/c.bin")
+        .map(|r| r.range.expect("a GET of this test without its range"))
+        .collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "GETs in the launcher's log; log:\n{}",
+        server.log_tail(20)
+    );
+    assert_eq!(got, want, "the ranges of the GETs");
+    let logged = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.target == "/nitro-test/d/c.bin" && r.status == 206)
+        .count();
+    assert_eq!(
+        logged as u64,
+        threads * each,
+        "GETs in the access log; log:\n{}",
+        server.log_tail(20)
+    );
+}
+
 #[test]
 fn harness_moto_with_auth_refuses_unknown_keys_and_wrong_secrets() {
     let (server, c) = server_with_bucket();
