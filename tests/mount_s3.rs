@@ -388,6 +388,60 @@ fn keys_added_and_deleted_in_the_bucket_show_after_the_list_ttl() {
     );
 }
 
+/// The kernel sends reads as large as the connection's max_pages allows (`fs.fuse.max_pages_limit`,
+/// at least 256 pages: 1 MiB), which is larger than a small `--chunk`. Every read must still be
+/// served whole and byte-exact on a cold cache, through the arena (`--store off`): the daemon
+/// must bound its requests to what its buffers hold, or a miss overruns them.
+#[test]
+fn reads_larger_than_the_chunk_are_served_on_a_cold_cache() {
+    let _serial = serial();
+    let dirs = Dirs::new();
+    let (server, c) = server_with_bucket();
+    let o = Obj {
+        rel: "r.bin",
+        seed: 71,
+        len: 12 * MIB + 4321,
+    };
+    c.put(&key(o.rel), pattern(o.seed, o.len as usize));
+    let mut d = mount_s3(
+        &server,
+        &dirs,
+        PREFIX,
+        &["--chunk", "64KiB", "--pool", "64M", "--store", "off"],
+        WATCHDOG,
+    );
+    let f = Arc::new(File::open(dirs.mnt.join(o.rel)).expect("open r.bin"));
+    // cold, at offsets nothing read ahead of: 1 MiB and 4 MiB reads, aligned and not
+    for (off, len) in [
+        (0, MIB),
+        (5 * MIB + 12_345, 4 * MIB),
+        (3 * MIB, MIB),
+        (10 * MIB, 2 * MIB + 4321),
+    ] {
+        let (got, _) = timed_pread(&f, off, len as usize);
+        let got = got.unwrap_or_else(|e| {
+            panic!(
+                "cold pread {len} at {off}: {}; daemon {}, stderr:\n{}",
+                io_context(&e),
+                match d.try_wait() {
+                    Some(st) => format!("exited: {st}"),
+                    None => "alive".into(),
+                },
+                d.stderr()
+            )
+        });
+        let want = (o.len - off).min(len) as usize;
+        assert_eq!(got.len(), want, "cold pread {len} at {off}: length");
+        assert_bytes_eq(
+            &got,
+            &pattern_at(o.seed, off, want),
+            &format!("cold pread {len} at {off}"),
+        );
+    }
+    check_sequential(&dirs.mnt.join(o.rel), o);
+    d.assert_healthy("after reads larger than the chunk");
+}
+
 // ---------------------------------------------------------------------------------------------
 // overwrites
 

@@ -459,7 +459,12 @@ impl Filesystem for RemoteFs {
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
+        // One request never needs more than the chunk: the engine's buffers (scratch, uncached
+        // reads) hold `max_request_bytes`. fuser asks the kernel for max_pages from the larger of
+        // max_write (16 MiB unless set) and max_readahead, and the kernel sends reads that large
+        // (up to fs.fuse.max_pages_limit), so max_write bounds the reads too, as on a local mount.
         let request = (self.shared.max_request_bytes as u32).max(4096);
+        let _ = config.set_max_write(request);
         if let Err(max) = config.set_max_readahead(request) {
             let _ = config.set_max_readahead(max);
         }
