@@ -29,28 +29,30 @@
 //!   a wrong secret (moto with authentication on). Credentials and endpoint come from the
 //!   environment, a shared credentials file with a profile, or ~/.aws/credentials.
 //!
-//! The tests run one at a time (`serial()`): each has its own server, and the 1 GiB uploads make
-//! moto's memory peak at several GiB.
+//! The tests run one at a time (`serial()`, a lock shared with the other S3 test binaries, see
+//! tests/support/s3_mount.rs): each has its own server, and the 1 GiB uploads make moto's memory
+//! peak at several GiB.
 
 mod common;
+#[path = "support/s3_mount.rs"]
+mod s3_mount;
 #[path = "support/s3_server.rs"]
 mod s3_server;
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use s3_mount::*;
 use s3_server::*;
 
-const BUCKET: &str = "nitro-test";
 const PREFIX: &str = "models";
 
 /// Watchdog for a daemon reading the 1 GiB object (several passes over it, at moto's speed).
@@ -64,87 +66,8 @@ const WATCHDOG: Duration = Duration::from_secs(300);
 const FAIL_BOUND: Duration = Duration::from_secs(45);
 const FAIL_ARGS: [&str; 4] = ["--s3-retries", "1", "--s3-timeout", "5"];
 
-/// One test at a time (see the file's doc).
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn url(bucket: &str, prefix: &str) -> PathBuf {
-    if prefix.is_empty() {
-        PathBuf::from(format!("s3://{bucket}"))
-    } else {
-        PathBuf::from(format!("s3://{bucket}/{prefix}"))
-    }
-}
-
-/// The daemon's environment: nothing AWS-related from the host (no proxy for 127.0.0.1 either),
-/// `HOME` an empty directory of the test, then `vars`.
-fn hermetic_env(cmd: &mut Command, home: &Path, vars: &[(&str, &str)]) {
-    for (k, _) in std::env::vars_os() {
-        let name = k.to_string_lossy();
-        if name.starts_with("AWS_") || name.to_ascii_lowercase().ends_with("_proxy") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("HOME", home)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-}
-
-fn test_keys() -> [(&'static str, &'static str); 2] {
-    [
-        ("AWS_ACCESS_KEY_ID", TEST_KEY_ID),
-        ("AWS_SECRET_ACCESS_KEY", TEST_SECRET),
-    ]
-}
-
-/// An empty HOME for the daemon, inside the test's directory.
-fn home(dirs: &Dirs) -> PathBuf {
-    let h = dirs.root.path().join("home");
-    fs::create_dir_all(&h).expect("mkdir home");
-    h
-}
-
-/// `nitro-uring mount s3://BUCKET/PREFIX MNT --endpoint E --region us-east-1 ARGS`, with the
-/// test keys in the environment; waits up to 60 s for the mount.
-fn mount_s3(
-    server: &S3Server,
-    dirs: &Dirs,
-    prefix: &str,
-    args: &[&str],
-    watchdog: Duration,
-) -> Daemon {
-    let endpoint = server.endpoint();
-    let mut all = vec!["--endpoint", endpoint.as_str(), "--region", REGION];
-    all.extend_from_slice(args);
-    let home = home(dirs);
-    Daemon::start_with(&url(BUCKET, prefix), &dirs.mnt, &all, watchdog, |cmd| {
-        hermetic_env(cmd, &home, &test_keys())
-    })
-}
-
-/// A server with `BUCKET` created, and the test's client for it.
-fn server_with_bucket() -> (S3Server, S3Client) {
-    let server = S3Server::start();
-    server.create_bucket(BUCKET);
-    let client = S3Client::new(&server.endpoint(), BUCKET);
-    (server, client)
-}
-
 // ---------------------------------------------------------------------------------------------
 // the tree
-
-/// One object of a test tree: key relative to the prefix, pattern seed, length.
-#[derive(Clone, Copy, Debug)]
-struct Obj {
-    rel: &'static str,
-    seed: u64,
-    len: u64,
-}
 
 const TREE: &[Obj] = &[
     Obj {
@@ -228,69 +151,6 @@ fn upload_big(c: &S3Client) -> String {
         t.elapsed()
     );
     etag
-}
-
-/// Reads `path` sequentially in 8 MiB reads and compares every piece with the object's bytes.
-fn check_sequential(path: &Path, o: Obj) {
-    let mut f =
-        File::open(path).unwrap_or_else(|e| panic!("open {}: {}", path.display(), io_context(&e)));
-    let mut buf = vec![0u8; 8 * MIB as usize];
-    let mut want = vec![0u8; buf.len()];
-    let mut off = 0u64;
-    loop {
-        let n = read_full(&mut f, &mut buf)
-            .unwrap_or_else(|e| panic!("read {} at {off}: {}", path.display(), io_context(&e)));
-        if n == 0 {
-            break;
-        }
-        assert!(
-            off + n as u64 <= o.len,
-            "{}: read past the object's {} bytes (at {off}, {n} more)",
-            path.display(),
-            o.len
-        );
-        fill_pattern_at(o.seed, off, &mut want[..n]);
-        if buf[..n] != want[..n] {
-            panic!(
-                "{} at {off}: {}",
-                path.display(),
-                first_diff(&buf[..n], &want[..n])
-            );
-        }
-        off += n as u64;
-    }
-    assert_eq!(off, o.len, "{}: length read", path.display());
-}
-
-/// `read` until `buf` is full or EOF.
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
-/// `pread` of `len` at `off` must return exactly the object's bytes there (short only at EOF).
-#[track_caller]
-fn check_pread(f: &File, o: Obj, off: u64, len: usize, what: &str) {
-    let mut buf = vec![0u8; len];
-    let n = pread_full(f, &mut buf, off)
-        .unwrap_or_else(|e| panic!("{what}: pread {len} at {off}: {}", io_context(&e)));
-    let want_n = o.len.saturating_sub(off).min(len as u64) as usize;
-    assert_eq!(n, want_n, "{what}: pread {len} at {off} of {} bytes", o.len);
-    let want = pattern_at(o.seed, off, n);
-    if buf[..n] != want[..] {
-        panic!(
-            "{what}: pread {len} at {off}: {}",
-            first_diff(&buf[..n], &want)
-        );
-    }
 }
 
 #[test]
@@ -526,6 +386,60 @@ fn keys_added_and_deleted_in_the_bucket_show_after_the_list_ttl() {
             .len(),
         added.len
     );
+}
+
+/// The kernel sends reads as large as the connection's max_pages allows (`fs.fuse.max_pages_limit`,
+/// at least 256 pages: 1 MiB), which is larger than a small `--chunk`. Every read must still be
+/// served whole and byte-exact on a cold cache, through the arena (`--store off`): the daemon
+/// must bound its requests to what its buffers hold, or a miss overruns them.
+#[test]
+fn reads_larger_than_the_chunk_are_served_on_a_cold_cache() {
+    let _serial = serial();
+    let dirs = Dirs::new();
+    let (server, c) = server_with_bucket();
+    let o = Obj {
+        rel: "r.bin",
+        seed: 71,
+        len: 12 * MIB + 4321,
+    };
+    c.put(&key(o.rel), pattern(o.seed, o.len as usize));
+    let mut d = mount_s3(
+        &server,
+        &dirs,
+        PREFIX,
+        &["--chunk", "64KiB", "--pool", "64M", "--store", "off"],
+        WATCHDOG,
+    );
+    let f = Arc::new(File::open(dirs.mnt.join(o.rel)).expect("open r.bin"));
+    // cold, at offsets nothing read ahead of: 1 MiB and 4 MiB reads, aligned and not
+    for (off, len) in [
+        (0, MIB),
+        (5 * MIB + 12_345, 4 * MIB),
+        (3 * MIB, MIB),
+        (10 * MIB, 2 * MIB + 4321),
+    ] {
+        let (got, _) = timed_pread(&f, off, len as usize);
+        let got = got.unwrap_or_else(|e| {
+            panic!(
+                "cold pread {len} at {off}: {}; daemon {}, stderr:\n{}",
+                io_context(&e),
+                match d.try_wait() {
+                    Some(st) => format!("exited: {st}"),
+                    None => "alive".into(),
+                },
+                d.stderr()
+            )
+        });
+        let want = (o.len - off).min(len) as usize;
+        assert_eq!(got.len(), want, "cold pread {len} at {off}: length");
+        assert_bytes_eq(
+            &got,
+            &pattern_at(o.seed, off, want),
+            &format!("cold pread {len} at {off}"),
+        );
+    }
+    check_sequential(&dirs.mnt.join(o.rel), o);
+    d.assert_healthy("after reads larger than the chunk");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -911,56 +825,12 @@ fn reads_fail_with_eio_while_the_server_is_away_and_work_again_when_it_returns()
 // ---------------------------------------------------------------------------------------------
 // the store across restarts
 
-fn stats(mnt: &Path) -> serde_json::Value {
-    let out = run_cli(
-        &[OsStr::new("stats"), mnt.as_os_str(), OsStr::new("--json")],
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "stats --json: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stats --json: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-fn num(v: &serde_json::Value, path: &str) -> u64 {
-    let mut cur = v;
-    for k in path.split('.') {
-        cur = &cur[k];
-    }
-    cur.as_u64()
-        .unwrap_or_else(|| panic!("{path} missing in {v}"))
-}
-
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 fn is_tmpfs(p: &Path) -> bool {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == TMPFS_MAGIC }
-}
-
-/// GETs of `key` in the server's log, and the bytes they asked for (a GET without a range
-/// counts as `whole` bytes).
-fn object_gets(server: &S3Server, key: &str, whole: u64) -> (usize, u64) {
-    let target = format!("/{BUCKET}/{key}");
-    let reads: Vec<ObjectRead> = server
-        .object_reads()
-        .into_iter()
-        .filter(|r| r.target == target || r.target.starts_with(&format!("{target}?")))
-        .collect();
-    let bytes = reads
-        .iter()
-        .map(|r| r.range.map(|(a, b)| b + 1 - a).unwrap_or(whole))
-        .sum();
-    (reads.len(), bytes)
 }
 
 #[test]
@@ -1497,6 +1367,62 @@ fn harness_moto_serves_ranges_and_etags_and_restarts_on_the_same_port() {
         c.put_pattern_multipart("d/multi.bin", 5, len, 8 * MIB as usize),
         e2,
         "same bytes and part size, same multipart ETag"
+    );
+}
+
+/// Concurrent ranged GETs (a daemon's fills) each leave one whole `nitro-get` line and one whole
+/// access-log line: the tests count a daemon's GETs and bytes from them.
+#[test]
+fn harness_moto_logs_every_one_of_many_concurrent_gets() {
+    let (server, c) = server_with_bucket();
+    let len = 8 * MIB;
+    c.put("d/c.bin", pattern(3, len as usize));
+    let (threads, each) = (8u64, 32u64);
+    let piece = len / (threads * each);
+    let mut want: Vec<(u64, u64)> = (0..threads * each)
+        .map(|i| (i * piece, (i + 1) * piece - 1))
+        .collect();
+    thread::scope(|s| {
+        for t in 0..threads {
+            let c = &c;
+            s.spawn(move || {
+                for i in 0..each {
+                    let off = (t * each + i) * piece;
+                    assert_bytes_eq(
+                        &c.get_range("d/c.bin", off..off + piece),
+                        &pattern_at(3, off, piece as usize),
+                        "ranged GET",
+                    );
+                }
+            });
+        }
+    });
+    thread::sleep(Duration::from_millis(500)); // the access log line follows the answer
+    let mut got: Vec<(u64, u64)> = server
+        .object_reads()
+        .iter()
+        .filter(|r| r.target == "/nitro-test/d/c.bin")
+        .map(|r| r.range.expect("a GET of this test without its range"))
+        .collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "GETs in the launcher's log; log:\n{}",
+        server.log_tail(20)
+    );
+    assert_eq!(got, want, "the ranges of the GETs");
+    let logged = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.target == "/nitro-test/d/c.bin" && r.status == 206)
+        .count();
+    assert_eq!(
+        logged as u64,
+        threads * each,
+        "GETs in the access log; log:\n{}",
+        server.log_tail(20)
     );
 }
 

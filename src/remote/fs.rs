@@ -481,11 +481,10 @@ impl Filesystem for RemoteFs {
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
-        // One request never needs more than the chunk (as for a local source): max_write also
-        // sets the max_pages the kernel may put in one read. Without it fuser offers 16 MiB, the
-        // kernel caps that at fs.fuse.max_pages_limit, and once a mount with a larger --chunk has
-        // raised that limit, reads bigger than the engine's 1-chunk buffers arrive and the ring
-        // thread panics (seen: an 8 MiB read on a 1 MiB-chunk mount).
+        // One request never needs more than the chunk: the engine's buffers (scratch, uncached
+        // reads) hold `max_request_bytes`. fuser asks the kernel for max_pages from the larger of
+        // max_write (16 MiB unless set) and max_readahead, and the kernel sends reads that large
+        // (up to fs.fuse.max_pages_limit), so max_write bounds the reads too, as on a local mount.
         let request = (self.shared.max_request_bytes as u32).max(4096);
         let _ = config.set_max_write(request);
         if let Err(max) = config.set_max_readahead(request) {

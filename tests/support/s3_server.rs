@@ -107,7 +107,39 @@ pub fn free_port() -> u16 {
 /// internals no longer look as expected the server exits with a message rather than run unpatched
 /// or half-patched.
 pub const MOTO_LAUNCHER: &str = r#"
-import re, sys, threading
+import os, re, sys, threading
+
+class LineWriter:
+    # Each line a thread writes reaches the log in one write(2) (the log is opened O_APPEND), so
+    # lines of concurrent requests never interleave: print() writes its text and its newline
+    # separately, and werkzeug's access log goes through colorama, which writes a styled line
+    # (any status but 200, e.g. 206) in pieces around the escapes it strips. Interleaved, a
+    # `nitro-get` line ran into the next one and S3Server::object_reads lost both ranges.
+    closed = False
+    encoding = "utf-8"
+    errors = "replace"
+    def __init__(self, fd):
+        self.fd = fd
+        self.pending = threading.local()
+    def write(self, s):
+        text = getattr(self.pending, "text", "") + s
+        done, _, rest = text.rpartition("\n")
+        self.pending.text = rest
+        if done or text.endswith("\n"):
+            os.write(self.fd, (done + "\n").encode("utf-8", "replace"))
+        return len(s)
+    def flush(self):
+        pass
+    def isatty(self):
+        return False
+    def fileno(self):
+        return self.fd
+    def writable(self):
+        return True
+
+# before anything (moto, werkzeug, logging) takes a reference to the streams
+sys.stdout = LineWriter(1)
+sys.stderr = LineWriter(2)
 from urllib.parse import urlparse, parse_qs, parse_qsl, quote
 try:
     import moto
