@@ -194,9 +194,24 @@ fn pool_for(size: u64) -> u64 {
 }
 
 impl Bench<'_> {
+    /// The S3 rows. A mount raises the system-wide FUSE request limit to its chunk
+    /// (`fs.fuse.max_pages_limit`) and leaves it there; the sweep's larger chunks would leave the
+    /// machine changed, so the limit is put back afterwards, whatever happened.
+    pub(crate) fn s3(&mut self) -> Result<()> {
+        const LIMIT: &str = "/proc/sys/fs/fuse/max_pages_limit";
+        let saved = std::fs::read_to_string(LIMIT).ok();
+        let result = self.s3_rows();
+        if let Some(v) = saved
+            && std::fs::read_to_string(LIMIT).ok().as_deref() != Some(v.as_str())
+        {
+            let _ = std::fs::write(LIMIT, v.trim());
+        }
+        result
+    }
+
     /// The S3 rows for every size, then the sweep; the server (if the bench started one) is
     /// stopped on the way out, whatever happened.
-    pub(crate) fn s3(&mut self) -> Result<()> {
+    fn s3_rows(&mut self) -> Result<()> {
         let args = self.args;
         let defaults = RemoteOptions::default();
         let concurrency = args.s3_concurrency.unwrap_or(defaults.concurrency).max(1);
