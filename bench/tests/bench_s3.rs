@@ -4,8 +4,7 @@
 //! behind — no mount, no temporary directory, no server process. Speed is not checked.
 //!
 //! Needs s3s-fs (`cargo install s3s-fs --version 0.14.1 --features binary --locked --root
-//! /opt/s3s`); without it the test says so and passes, since the bench's tests are not where it
-//! gets installed.
+//! /opt/s3s`, which `.ci/run` does); without it the test fails and says how to install it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -59,11 +58,10 @@ fn runs(row: &Value, what: &str) -> u64 {
 #[test]
 fn s3_rows_against_a_server_the_bench_starts() {
     let Some(server) = s3s_fs() else {
-        eprintln!(
-            "SKIPPED: s3s-fs is not installed (not on PATH, not /opt/s3s/bin/s3s-fs); install it with \
+        panic!(
+            "s3s-fs is not installed (not on PATH, not /opt/s3s/bin/s3s-fs): run .ci/run, or \
              `cargo install s3s-fs --version 0.14.1 --features binary --locked --root /opt/s3s`"
         );
-        return;
     };
     let tmp = tempfile::Builder::new()
         .prefix("nitro-bench-s3")
