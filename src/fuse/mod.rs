@@ -609,20 +609,15 @@ impl Filesystem for NitroFs {
             .write()
             .remove(&fh.0);
         if let Some(h) = h {
-            if h.cached {
-                versions::release_cached(&h.node.versions, h.src.file_id);
-            }
-            let last = passthrough::release(&h.node.versions, h.route);
-            let stored = h.src.store.get().is_some_and(|e| e.is_complete());
-            if last
-                && stored
-                && self.opts.cache_mode == CacheMode::Direct
-                && let Some(n) = self.notifier.get()
-            {
-                // An mmap through a daemon-served handle filled the inode's page cache with a
-                // second copy of bytes the store holds; the next opens are passthrough, so drop it.
-                let _ = n.inval_inode(ino, 0, 0);
-            }
+            passthrough::release_open(
+                &h.node.versions,
+                &h.src,
+                h.route,
+                h.cached,
+                self.opts.cache_mode,
+                self.notifier.get(),
+                ino,
+            );
         }
         reply.ok();
     }

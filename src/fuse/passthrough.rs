@@ -104,3 +104,31 @@ pub fn release(versions: &Mutex<Versions>, route: Route) -> bool {
         }
     }
 }
+
+/// Undoes what one open set up, for either front (local or remote): the keep-mode count, the
+/// routing; and when that closed the inode's last daemon-served handle of a version the store
+/// holds whole (direct mode), drops the inode's page cache: an mmap through such a handle filled it
+/// with a second copy of bytes the store holds, and the next opens are passthrough.
+#[allow(clippy::too_many_arguments)]
+pub fn release_open(
+    versions: &Mutex<Versions>,
+    src: &Source,
+    route: Route,
+    cached: bool,
+    mode: super::CacheMode,
+    notifier: Option<&fuser::Notifier>,
+    ino: fuser::INodeNo,
+) {
+    if cached {
+        super::versions::release_cached(versions, src.file_id);
+    }
+    let last = release(versions, route);
+    let stored = src.store.get().is_some_and(|e| e.is_complete());
+    if last
+        && stored
+        && mode == super::CacheMode::Direct
+        && let Some(n) = notifier
+    {
+        let _ = n.inval_inode(ino, 0, 0);
+    }
+}

@@ -644,18 +644,15 @@ impl Filesystem for RemoteFs {
                     file_id: h.src.file_id,
                 });
             }
-            if h.cached {
-                versions::release_cached(&h.node.versions, h.src.file_id);
-            }
-            let last = passthrough::release(&h.node.versions, h.route);
-            let stored = h.src.store.get().is_some_and(|e| e.is_complete());
-            if last
-                && stored
-                && self.opts.cache_mode == CacheMode::Direct
-                && let Some(n) = self.notifier.get()
-            {
-                let _ = n.inval_inode(ino, 0, 0);
-            }
+            passthrough::release_open(
+                &h.node.versions,
+                &h.src,
+                h.route,
+                h.cached,
+                self.opts.cache_mode,
+                self.notifier.get(),
+                ino,
+            );
         }
         reply.ok();
     }
