@@ -100,6 +100,10 @@ struct MountArgs {
     /// s3:// sources: ranged GETs in flight at most
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024), help_heading = "S3 sources")]
     s3_concurrency: u16,
+    /// s3:// sources: the most one GET asks for; chunks fetched together (a whole-object fill, a
+    /// sequential reader's window) are merged into GETs up to this size (64KiB..256MiB)
+    #[arg(long, default_value = "8MiB", value_parser = parse_part_size, help_heading = "S3 sources")]
+    s3_part_size: u64,
     /// s3:// sources: retries of a failed request before its read fails with EIO
     #[arg(long, default_value_t = 3, help_heading = "S3 sources")]
     s3_retries: u8,
@@ -109,6 +113,14 @@ struct MountArgs {
     /// s3:// sources: seconds a directory listing is trusted
     #[arg(long, default_value_t = 60, help_heading = "S3 sources")]
     list_ttl: u32,
+}
+
+fn parse_part_size(s: &str) -> Result<u64, String> {
+    let n = parse_bytes(s)?;
+    if !(64 << 10..=256 << 20).contains(&n) {
+        return Err(format!("{s} is not between 64KiB and 256MiB"));
+    }
+    Ok(n)
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -181,6 +193,7 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
                 endpoint: a.endpoint.clone(),
                 region: a.region.clone(),
                 concurrency: usize::from(a.s3_concurrency),
+                part_bytes: a.s3_part_size as usize,
                 retries: usize::from(a.s3_retries),
                 timeout: std::time::Duration::from_secs(u64::from(a.s3_timeout)),
                 list_ttl: std::time::Duration::from_secs(u64::from(a.list_ttl)),

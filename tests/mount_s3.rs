@@ -442,6 +442,67 @@ fn reads_larger_than_the_chunk_are_served_on_a_cold_cache() {
     d.assert_healthy("after reads larger than the chunk");
 }
 
+/// Waits until the mount's store holds `n` complete files.
+fn wait_stored(mnt: &Path, n: u64) {
+    let t = Instant::now();
+    loop {
+        let s = stats(mnt);
+        if num(&s, "store_complete_files") >= n {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the store never held {n} file(s): {s}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A whole-object fill writes chunk after chunk into one store file, so its GETs are merged into
+/// parts of `--s3-part-size` (8 MiB by default), not one GET per 1 MiB chunk; with
+/// `--s3-part-size 1MiB` each chunk is its own GET. Bytes stay exact either way.
+#[test]
+fn a_whole_object_fill_asks_for_parts_not_chunks() {
+    let _serial = serial();
+    let (server, c) = server_with_bucket();
+    let o = Obj {
+        rel: "p.bin",
+        seed: 81,
+        len: 48 * MIB + 4321,
+    };
+    c.put(&key(o.rel), pattern(o.seed, o.len as usize));
+    let mut seen = (0usize, 0u64);
+    for (part, most, least) in [(None, 6 + 4, 0), (Some("1MiB"), usize::MAX, 49)] {
+        let dirs = Dirs::new();
+        let mut args = vec!["--pool", "256M", "--store", "none"];
+        if let Some(p) = part {
+            args.extend(["--s3-part-size", p]);
+        }
+        let mut d = mount_s3(&server, &dirs, PREFIX, &args, WATCHDOG);
+        check_sequential(&dirs.mnt.join(o.rel), o);
+        wait_stored(&dirs.mnt, 1);
+        // The store's file, read through passthrough, is the object too.
+        check_sequential(&dirs.mnt.join(o.rel), o);
+        thread::sleep(Duration::from_millis(500)); // the server logs a request after answering
+        let all = object_gets(&server, &key(o.rel), o.len);
+        let (gets, bytes) = (all.0 - seen.0, all.1 - seen.1);
+        seen = all;
+        eprintln!("--s3-part-size {part:?}: {gets} GETs of {bytes} bytes");
+        assert!(
+            bytes >= o.len && bytes < o.len + o.len / 4,
+            "--s3-part-size {part:?}: GOT {bytes} bytes for {} ({gets} GETs)",
+            o.len
+        );
+        assert!(
+            gets <= most && gets >= least,
+            "--s3-part-size {part:?}: {gets} GETs for a {} byte object; log:\n{}",
+            o.len,
+            server.log_tail(80)
+        );
+        d.assert_healthy("after a whole-object fill");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // overwrites
 

@@ -98,11 +98,11 @@ pub struct BenchArgs {
     /// mount's default)
     #[arg(long, help_heading = "S3 rows")]
     pub s3_concurrency: Option<usize>,
-    /// S3 rows: the mount's --chunk, and the size of the baseline's ranged GETs (default: the
-    /// mount's default)
+    /// S3 rows: the mount's --s3-part-size, and the size of the baseline's ranged GETs (default:
+    /// the mount's default)
     #[arg(long, value_parser = parse_bytes, help_heading = "S3 rows")]
-    pub s3_chunk: Option<u64>,
-    /// S3 rows: also sweep --s3-concurrency 8,16,32,64 × --chunk 1MiB,4MiB,8MiB (cold reads
+    pub s3_part: Option<u64>,
+    /// S3 rows: also sweep --s3-concurrency 8,16,32,64 × --s3-part-size 1,4,8,16MiB (cold reads
     /// through the mount and the baseline at the same settings, 2 runs each)
     #[arg(long, help_heading = "S3 rows")]
     pub s3_sweep: bool,

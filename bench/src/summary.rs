@@ -187,12 +187,12 @@ fn s3(s: &mut String, r: &Report) -> std::fmt::Result {
     };
     writeln!(
         s,
-        "S3: {} (bucket {}, region {}); mount and baseline at {} × {} GETs in flight",
+        "S3: {} (bucket {}, region {}); mount and baseline at {} × {} GETs in flight (the mount's chunk: its default)",
         s3.server,
         s3.bucket,
         s3.region,
         s3.concurrency,
-        human_bytes(s3.chunk_bytes)
+        human_bytes(s3.part_bytes)
     )?;
     let f = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}×"));
     let verdict = |v: Option<f64>, target: f64| match v {
@@ -269,14 +269,14 @@ fn s3(s: &mut String, r: &Report) -> std::fmt::Result {
             "S3 sweep: cold read through the mount (--store none), GB/s, median of {} runs; in brackets the baseline at the same settings, then mount/GET",
             s3.sweep[0].mount.as_ref().map_or(0, |r| r.n)
         )?;
-        let mut chunks: Vec<u64> = s3.sweep.iter().map(|p| p.chunk_bytes).collect();
+        let mut chunks: Vec<u64> = s3.sweep.iter().map(|p| p.part_bytes).collect();
         chunks.dedup();
         let mut concs: Vec<usize> = s3.sweep.iter().map(|p| p.concurrency).collect();
         concs.sort_unstable();
         concs.dedup();
         write!(s, "  {:<13}", "concurrency")?;
         for c in &chunks {
-            write!(s, " {:<24}", format!("--chunk {}", human_bytes(*c)))?;
+            write!(s, " {:<24}", format!("--s3-part-size {}", human_bytes(*c)))?;
         }
         writeln!(s)?;
         for conc in concs {
@@ -285,7 +285,7 @@ fn s3(s: &mut String, r: &Report) -> std::fmt::Result {
                 let p = s3
                     .sweep
                     .iter()
-                    .find(|p| p.concurrency == conc && p.chunk_bytes == *c);
+                    .find(|p| p.concurrency == conc && p.part_bytes == *c);
                 let cell = p.map_or_else(String::new, |p| {
                     format!(
                         "{:.3} ({:.3}) {}",

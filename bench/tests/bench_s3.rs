@@ -133,8 +133,8 @@ fn s3_rows_against_a_server_the_bench_starts() {
     );
     assert_eq!(s3["concurrency"].as_u64(), Some(32), "the mount's default");
     assert_eq!(
-        s3["chunk_bytes"].as_u64(),
-        Some(1 << 20),
+        s3["part_bytes"].as_u64(),
+        Some(8 << 20),
         "the mount's default"
     );
     let size = &s3["sizes"][0];

@@ -262,6 +262,10 @@ impl Engine {
             {
                 break;
             }
+            // GETs gathered into parts since the last wait go out now (see `remote::fetch`).
+            if let Some(f) = self.fetcher.as_mut() {
+                f.flush();
+            }
             let mut done = std::mem::take(&mut self.completions);
             if let Err(e) = self.ring.wait(true, &mut done) {
                 self.completions = done;
@@ -400,7 +404,7 @@ impl Engine {
         user_data: u64,
     ) {
         self.fetching += 1;
-        match &self.fetcher {
+        match self.fetcher.as_mut() {
             // SAFETY: passed on from the caller.
             Some(f) => unsafe { f.submit(object, offset, ptr, len, user_data) },
             None => {
@@ -419,6 +423,9 @@ impl Drop for Engine {
     /// A GET still out writes into a fill's block or an uncached buffer: wait for each (every
     /// one completes, bounded by the request timeout and retries) before those can go.
     fn drop(&mut self) {
+        if let Some(f) = self.fetcher.as_mut() {
+            f.flush();
+        }
         while self.fetching > 0 && self.fetched.recv().is_ok() {
             self.fetching -= 1;
         }

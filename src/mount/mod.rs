@@ -406,7 +406,10 @@ impl Mounted {
         config.n_threads = Some(cfg.threads);
         config.clone_fd = true;
 
-        let (engine, waker) = Engine::new(shared.clone(), rx, MAX_FILLS, client.clone())
+        let max_fills = client.as_ref().map_or(MAX_FILLS, |c| {
+            crate::remote::max_fills(&c.opts, cfg.chunk_bytes)
+        });
+        let (engine, waker) = Engine::new(shared.clone(), rx, max_fills, client.clone())
             .map_err(|e| anyhow!("io_uring unavailable: {e}"))?;
         let notifier_slot = Arc::new(std::sync::OnceLock::new());
         let telemetry = Arc::new(crate::control::telemetry::Telemetry::default());

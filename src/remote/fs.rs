@@ -122,16 +122,14 @@ impl RemoteFs {
         let set_deps = opts
             .prefetch_sets
             .then(|| (shared.clone(), tx.clone(), waker.clone()));
-        // The prefetch window is capped at the GETs that can run at once. Wider, it only queues
+        // The prefetch window is capped at the parts that can be fetched at once. Wider, it only queues
         // fills behind `--s3-concurrency`; and once the engine's fills are all taken, the far end
         // of a prefetch is dropped for good (the stream counts it as requested), so the reader
         // later misses there, each miss a GET queued behind the whole window: a cold read through
         // the arena ran at a third of the GETs' speed (`nitro-uring bench --only s3`).
-        let gets = client
-            .opts
-            .concurrency
-            .clamp(1, crate::mount::MAX_FILLS / 2) as u64;
-        let cap = gets * shared.chunk_bytes;
+        let fills = super::max_fills(&client.opts, shared.chunk_bytes) as u64 / 2;
+        let parts = client.opts.concurrency.max(1) as u64 * client.opts.part_bytes as u64;
+        let cap = parts.min(fills * shared.chunk_bytes);
         let readahead_bytes = opts.readahead_bytes.min(cap);
         let reader = Reader {
             shared: shared.clone(),

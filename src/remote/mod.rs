@@ -69,6 +69,16 @@ impl Location {
     }
 }
 
+/// `--s3-part-size`'s default, measured with `nitro-uring bench --only s3 --s3-sweep` (README).
+pub const DEFAULT_PART_BYTES: usize = 8 << 20;
+
+/// The engine's fill slots for a bucket: enough chunks for every GET in flight to be a whole part,
+/// plus the quarter the engine keeps for readers (a local source's engine has 64).
+pub fn max_fills(opts: &RemoteOptions, chunk_bytes: u64) -> usize {
+    let per_part = (opts.part_bytes as u64).div_ceil(chunk_bytes.max(1)).max(1) as usize;
+    (opts.concurrency.max(1) * per_part * 4 / 3).clamp(64, 1024)
+}
+
 /// The `--s3-*` knobs and what the mount line gave.
 #[derive(Clone, Debug)]
 pub struct RemoteOptions {
@@ -76,6 +86,8 @@ pub struct RemoteOptions {
     pub region: Option<String>,
     /// Ranged GETs in flight at most, over every object.
     pub concurrency: usize,
+    /// The most one GET asks for: chunks fetched together are merged up to this (see `fetch`).
+    pub part_bytes: usize,
     /// Retries of a failed request (connection refused, 5xx, timeouts) before its read fails.
     pub retries: usize,
     /// Bound on one try of a request; a read that keeps failing fails after `retries` more.
@@ -90,6 +102,7 @@ impl Default for RemoteOptions {
             endpoint: None,
             region: None,
             concurrency: 32,
+            part_bytes: DEFAULT_PART_BYTES,
             retries: 3,
             timeout: Duration::from_secs(30),
             list_ttl: Duration::from_secs(60),

@@ -5,7 +5,7 @@
 //! it is no slower than the client a loader would otherwise use. So the cold rows compare a
 //! sequential read of the object through a fresh mount with a plain `object_store` client (the
 //! crate and version the daemon uses) fetching the same object in the same request pattern — the
-//! mount's chunk as the GET size, the mount's `--s3-concurrency` GETs in flight — with the bytes
+//! mount's `--s3-part-size` as the GET size, the mount's `--s3-concurrency` GETs in flight — with the bytes
 //! going nowhere: the difference is the mount's own cost (FUSE, the engine, the copies), not a
 //! different way of asking the server. A second mount row (`mount-arena`) runs with `--store off`:
 //! the arena path and prefetch only, without the whole-object store fill.
@@ -19,7 +19,7 @@
 //! server competes with the mount for the same cores, so CPU the mount spends is throughput the
 //! server loses. Each run states the server, the machine and the settings next to the numbers.
 //!
-//! The sweep (`--s3-sweep`) measures the cold read at other `--s3-concurrency` and `--chunk`
+//! The sweep (`--s3-sweep`) measures the cold read at other `--s3-concurrency` and `--s3-part-size`
 //! settings (the baseline at the same settings beside it), to pick the mount's defaults by
 //! measurement.
 
@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use nitro_uring::mount::{CacheMode, MAX_FILLS, MountConfig, Mounted, StatsSnapshot};
+use nitro_uring::mount::{CacheMode, MountConfig, Mounted, StatsSnapshot};
 use nitro_uring::remote::{Location, RemoteOptions};
 use nitro_uring::store::StoreMode;
 use object_store::path::Path as KeyPath;
@@ -53,7 +53,7 @@ const OWN_BUCKET: &str = "nitro-bench";
 const PREFIX: &str = "nitro-uring-bench";
 /// The sweep's settings and its runs per point.
 const SWEEP_CONCURRENCY: [usize; 4] = [8, 16, 32, 64];
-const SWEEP_CHUNKS: [u64; 3] = [1 << 20, 4 << 20, 8 << 20];
+const SWEEP_PARTS: [u64; 4] = [1 << 20, 4 << 20, 8 << 20, 16 << 20];
 const SWEEP_RUNS: usize = 2;
 
 /// What the S3 rows found beside their rows (`s3` in the JSON).
@@ -66,10 +66,11 @@ pub struct S3Report {
     pub server: String,
     /// The mount's `--s3-concurrency` and the baseline's GETs in flight.
     pub concurrency: usize,
-    /// The mount's `--chunk` and the baseline's GET size.
-    pub chunk_bytes: u64,
-    /// The engine's most fills in flight: a bound on the GETs of one mount, whatever
-    /// `--s3-concurrency` says (a store fill keeps at most three quarters of it in flight).
+    /// The mount's `--s3-part-size` and the baseline's GET size (the mount's chunk, its cache
+    /// unit, stays at its default).
+    pub part_bytes: u64,
+    /// The engine's fill slots (one per chunk in flight; a store fill keeps at most three
+    /// quarters of them in flight).
     pub engine_max_fills: usize,
     pub sizes: Vec<S3Size>,
     /// `--s3-sweep`: the cold read at other settings, on the first size.
@@ -113,7 +114,7 @@ pub struct S3Size {
 #[derive(Serialize, Clone, Debug)]
 pub struct SweepPoint {
     pub concurrency: usize,
-    pub chunk_bytes: u64,
+    pub part_bytes: u64,
     pub mount: Option<Runs>,
     pub get: Option<Runs>,
     pub mount_over_get: Option<f64>,
@@ -123,7 +124,8 @@ pub struct SweepPoint {
 struct Env {
     ep: Endpoint,
     concurrency: usize,
-    chunk: u64,
+    /// The mount's `--s3-part-size` and the baseline's GET size.
+    part: u64,
     server: Option<server::Server>,
 }
 
@@ -215,11 +217,9 @@ impl Bench<'_> {
         let args = self.args;
         let defaults = RemoteOptions::default();
         let concurrency = args.s3_concurrency.unwrap_or(defaults.concurrency).max(1);
-        let chunk = args
-            .s3_chunk
-            .unwrap_or(MountConfig::new("/", "/", 1).chunk_bytes);
-        if !chunk.is_power_of_two() || !(64 << 10..=64 << 20).contains(&chunk) {
-            bail!("--s3-chunk must be a power of two between 64KiB and 64MiB");
+        let part = args.s3_part.unwrap_or(defaults.part_bytes as u64);
+        if !(64 << 10..=256 << 20).contains(&part) {
+            bail!("--s3-part must be between 64KiB and 256MiB");
         }
         let region = args
             .s3_region
@@ -280,14 +280,23 @@ impl Bench<'_> {
             "nitro-uring bench: S3 rows against {}, bucket {}: {concurrency} × {} GETs in flight",
             ep.url,
             ep.bucket,
-            human_bytes(chunk)
+            human_bytes(part)
         );
         let env = Env {
             ep,
             concurrency,
-            chunk,
+            part,
             server,
         };
+        let chunk = MountConfig::new("/", "/", 1).chunk_bytes;
+        let engine_max_fills = nitro_uring::remote::max_fills(
+            &RemoteOptions {
+                concurrency,
+                part_bytes: part as usize,
+                ..defaults
+            },
+            chunk,
+        );
         let mem = sys::proc_meminfo_bytes("MemAvailable").unwrap_or(0);
         let (sizes, notes) = sizes(args, mem);
         for n in &notes {
@@ -299,16 +308,17 @@ impl Bench<'_> {
             region: env.ep.region.clone(),
             server: server_text,
             concurrency,
-            chunk_bytes: chunk,
-            engine_max_fills: MAX_FILLS,
+            part_bytes: part,
+            engine_max_fills,
             sizes: Vec::new(),
             sweep: Vec::new(),
             notes,
         };
-        if concurrency > MAX_FILLS * 3 / 4 {
+        if concurrency * (part as usize).div_ceil(chunk as usize) > engine_max_fills * 3 / 4 {
             report.notes.push(format!(
-                "--s3-concurrency {concurrency} is more than the engine keeps in flight for a store fill ({}): the mount's GETs are capped there",
-                MAX_FILLS * 3 / 4
+                "--s3-concurrency {concurrency} × --s3-part {} is more than the engine keeps in flight for a store fill ({} chunks): the mount's GETs are capped there",
+                human_bytes(part),
+                engine_max_fills * 3 / 4
             ));
         }
         let mut outcome = Ok(());
@@ -407,7 +417,7 @@ impl Bench<'_> {
         t: &S3Target,
         store: StoreMode,
         concurrency: usize,
-        chunk: u64,
+        part: u64,
     ) -> Result<()> {
         self.unmount()?;
         let text = format!("s3://{}/{}", env.ep.bucket, t.folder);
@@ -421,10 +431,10 @@ impl Bench<'_> {
                 endpoint: Some(env.ep.url.clone()),
                 region: Some(env.ep.region.clone()),
                 concurrency,
+                part_bytes: part as usize,
                 ..RemoteOptions::default()
             },
         ));
-        c.chunk_bytes = chunk;
         c.threads = self.plan.timing.fuse_threads;
         c.store = store;
         let m = Mounted::spawn(c).with_context(|| format!("mounting {text}"))?;
@@ -440,10 +450,10 @@ impl Bench<'_> {
         env: &Env,
         t: &S3Target,
         store: StoreMode,
-        (concurrency, chunk): (usize, u64),
+        (concurrency, part): (usize, u64),
         label: String,
     ) -> Result<MountRead> {
-        self.s3_mount(env, t, store, concurrency, chunk)?;
+        self.s3_mount(env, t, store, concurrency, part)?;
         let before = self.mount_stats().unwrap_or_default();
         let cpu0 = sys::thread_cpu_seconds();
         let m = workload::seq_read(&[t.file()], SEQ_BLOCK, &self.ctx(label));
@@ -462,7 +472,7 @@ impl Bench<'_> {
         &self,
         env: &Env,
         t: &S3Target,
-        (concurrency, chunk): (usize, u64),
+        (concurrency, part): (usize, u64),
         label: String,
     ) -> Result<Measurement> {
         let rt = object::runtime()?;
@@ -473,7 +483,7 @@ impl Bench<'_> {
             key: t.key.clone(),
             size: t.size,
         };
-        workload::s3_get_read(&obj, chunk as usize, concurrency, &self.ctx(label))
+        workload::s3_get_read(&obj, part as usize, concurrency, &self.ctx(label))
     }
 
     /// The cold rows: the baseline, the mount with `--store none` and with `--store off`, taking
@@ -488,7 +498,7 @@ impl Bench<'_> {
     ) -> Result<(Option<f64>, Option<f64>)> {
         let workload: &'static str = leak(format!("s3-{tag}-cold"));
         let label: &'static str = leak(format!("S3 {tag} cold seq 1 MiB"));
-        let conf = (env.concurrency, env.chunk);
+        let conf = (env.concurrency, env.part);
         let spec = |target, state| RowSpec {
             workload,
             label,
@@ -497,7 +507,7 @@ impl Bench<'_> {
             state,
             threads: 1,
             block_bytes: if target == "source" {
-                env.chunk
+                env.part
             } else {
                 SEQ_BLOCK as u64
             },
@@ -507,9 +517,9 @@ impl Bench<'_> {
                 spec(
                     "source",
                     leak(format!(
-                        "no cache: a plain object_store client, fresh each run, fetching the object in ranged GETs of the mount's chunk with the mount's concurrency ({} × {}), bytes copied into one buffer per GET in flight",
+                        "no cache: a plain object_store client, fresh each run, fetching the object in ranged GETs of the mount's --s3-part-size with the mount's concurrency ({} × {}), bytes copied into one buffer per GET in flight",
                         env.concurrency,
-                        human_bytes(env.chunk)
+                        human_bytes(env.part)
                     )),
                 ),
                 None,
@@ -604,7 +614,7 @@ impl Bench<'_> {
         }];
         let label = format!("local copy into the page cache · {}", human_bytes(t.size));
         workload::seq_read(&src, SEQ_BLOCK, &self.ctx(label))?;
-        self.s3_mount(env, t, StoreMode::Ephemeral, env.concurrency, env.chunk)?;
+        self.s3_mount(env, t, StoreMode::Ephemeral, env.concurrency, env.part)?;
         let via = vec![t.file()];
         let started = Instant::now();
         out.byte_exact_first_read = hash_file(&via[0].path)? == want;
@@ -667,33 +677,33 @@ impl Bench<'_> {
             size,
         };
         eprintln!(
-            "  sweep on the {} object: --s3-concurrency {:?} × --chunk {}",
+            "  sweep on the {} object: --s3-concurrency {:?} × --s3-part-size {}",
             human_bytes(size),
             SWEEP_CONCURRENCY,
-            SWEEP_CHUNKS
+            SWEEP_PARTS
                 .iter()
                 .map(|c| human_bytes(*c))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
         let mut points = Vec::new();
-        for chunk in SWEEP_CHUNKS {
+        for part in SWEEP_PARTS {
             for concurrency in SWEEP_CONCURRENCY {
                 let (mut m, mut g) = (Vec::new(), Vec::new());
                 for run in 0..SWEEP_RUNS {
                     self.check()?;
                     let what = format!(
                         "sweep {concurrency} × {} {}/{SWEEP_RUNS}",
-                        human_bytes(chunk),
+                        human_bytes(part),
                         run + 1
                     );
-                    let r = self.s3_get(env, &t, (concurrency, chunk), format!("{what} · GET"))?;
+                    let r = self.s3_get(env, &t, (concurrency, part), format!("{what} · GET"))?;
                     g.push(r.bytes as f64 / r.seconds.max(1e-9) / 1e9);
                     let (r, _, _, _) = self.s3_mount_read(
                         env,
                         &t,
                         StoreMode::Ephemeral,
-                        (concurrency, chunk),
+                        (concurrency, part),
                         format!("{what} · mount"),
                     )?;
                     m.push(r.bytes as f64 / r.seconds.max(1e-9) / 1e9);
@@ -705,14 +715,14 @@ impl Bench<'_> {
                     .map(|(m, g)| m.median_gbps / g.median_gbps);
                 eprintln!(
                     "  sweep {concurrency:>2} × {:<8} mount {:.3} GB/s, GET {:.3} GB/s, mount/GET {}",
-                    human_bytes(chunk),
+                    human_bytes(part),
                     mount.as_ref().map_or(0.0, |r| r.median_gbps),
                     get.as_ref().map_or(0.0, |r| r.median_gbps),
                     ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}×"))
                 );
                 points.push(SweepPoint {
                     concurrency,
-                    chunk_bytes: chunk,
+                    part_bytes: part,
                     mount,
                     get,
                     mount_over_get: ratio,
