@@ -204,10 +204,13 @@ fn s3(s: &mut String, r: &Report) -> std::fmt::Result {
         let tag = crate::resident::size_tag(z.size_bytes);
         writeln!(
             s,
-            "S3 {tag} cold: mount/GET {} ({} the ≥ 1.0× target), --store off {}; first read {}, passthrough read {}; store held the object {:.1} s after the first open",
+            "S3 {tag} cold: mount/GET {} ({} the ≥ 1.0× target), --store off {}; over the GET that keeps the object in memory (source-ram): mount {} ({}), --store off {}; first read {}, passthrough read {}; store held the object {:.1} s after the first open",
             f(z.cold_mount_over_get),
             verdict(z.cold_mount_over_get, 1.0),
             f(z.cold_arena_over_get),
+            f(z.cold_mount_over_get_in_memory),
+            verdict(z.cold_mount_over_get_in_memory, 1.0),
+            f(z.cold_arena_over_get_in_memory),
             if z.byte_exact_first_read {
                 "byte-exact"
             } else {

@@ -151,7 +151,12 @@ fn s3_rows_against_a_server_the_bench_starts() {
         size["passthrough_opens"].as_u64().unwrap_or(0) > 0,
         "warm rows re-open with passthrough"
     );
-    for k in ["cold_mount_over_get", "cold_arena_over_get"] {
+    for k in [
+        "cold_mount_over_get",
+        "cold_arena_over_get",
+        "cold_mount_over_get_in_memory",
+        "cold_arena_over_get_in_memory",
+    ] {
         let r = size[k].as_f64().unwrap_or(0.0);
         assert!(r.is_finite() && r > 0.0, "{k} = {r}");
     }
@@ -167,14 +172,21 @@ fn s3_rows_against_a_server_the_bench_starts() {
         get["access"]
             .as_str()
             .unwrap_or("")
-            .contains("32 × 1.0 MiB"),
-        "baseline at the mount's concurrency and chunk: {}",
+            .contains("32 × 8.0 MiB"),
+        "baseline at the mount's concurrency and part size: {}",
         get["access"]
     );
     assert_eq!(
         get["bytes"].as_u64(),
         Some(3 * (16 << 20)),
         "the baseline fetches every byte once per run"
+    );
+    let kept = row("s3-16MiB-cold", "source-ram");
+    let n = runs(kept, "cold/source-ram");
+    assert_eq!(
+        kept["bytes"].as_u64(),
+        Some(n * (16 << 20)),
+        "source-ram bytes"
     );
     for t in ["mount", "mount-arena"] {
         let r = row("s3-16MiB-cold", t);

@@ -19,8 +19,9 @@ const MB: f64 = 34.0;
 const COLS: usize = 3;
 const XDEC: f64 = 4.0;
 
-const COLORS: [(&str, &str); 5] = [
+const COLORS: [(&str, &str); 6] = [
     ("source", "#1f77b4"),
+    ("source-ram", "#9467bd"),
     ("source-qd", "#2ca02c"),
     ("mount", "#d62728"),
     ("mount-arena", "#ff7f0e"),

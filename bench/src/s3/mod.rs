@@ -89,6 +89,9 @@ pub struct S3Size {
     /// the baseline's median.
     pub cold_mount_over_get: Option<f64>,
     pub cold_arena_over_get: Option<f64>,
+    /// The same over the baseline that keeps the object in memory (`source-ram`).
+    pub cold_mount_over_get_in_memory: Option<f64>,
+    pub cold_arena_over_get_in_memory: Option<f64>,
     /// Per read shape: the warm mount's median over the local copy's (page cache).
     pub warm_mount_over_local: BTreeMap<String, f64>,
     /// From the first open of a fresh `--store none` mount until the store held the object whole
@@ -388,6 +391,8 @@ impl Bench<'_> {
             upload_seconds: up.seconds,
             cold_mount_over_get: None,
             cold_arena_over_get: None,
+            cold_mount_over_get_in_memory: None,
+            cold_arena_over_get_in_memory: None,
             warm_mount_over_local: BTreeMap::new(),
             store_fill_seconds: 0.0,
             byte_exact_first_read: false,
@@ -403,9 +408,11 @@ impl Bench<'_> {
             mnt: mnt.clone(),
             size,
         };
-        let (mount, arena) = self.s3_cold(env, &target, &tag, &mut out)?;
-        out.cold_mount_over_get = mount;
-        out.cold_arena_over_get = arena;
+        let ratios = self.s3_cold(env, &target, &tag, &mut out)?;
+        out.cold_mount_over_get = ratios.mount;
+        out.cold_arena_over_get = ratios.arena;
+        out.cold_mount_over_get_in_memory = ratios.mount_in_memory;
+        out.cold_arena_over_get_in_memory = ratios.arena_in_memory;
         self.s3_warm(env, &target, &local_dir, up.hash, &mut out)?;
         Ok(out)
     }
@@ -473,6 +480,7 @@ impl Bench<'_> {
         env: &Env,
         t: &S3Target,
         (concurrency, part): (usize, u64),
+        keep: workload::Keep,
         label: String,
     ) -> Result<Measurement> {
         let rt = object::runtime()?;
@@ -483,19 +491,19 @@ impl Bench<'_> {
             key: t.key.clone(),
             size: t.size,
         };
-        workload::s3_get_read(&obj, part as usize, concurrency, &self.ctx(label))
+        workload::s3_get_read(&obj, part as usize, concurrency, keep, &self.ctx(label))
     }
 
-    /// The cold rows: the baseline, the mount with `--store none` and with `--store off`, taking
-    /// turns for `--rounds` runs, every mount run on a fresh mount. Returns the mounts' median
-    /// over the baseline's.
+    /// The cold rows: the baselines, the mount with `--store none` and with `--store off`,
+    /// taking turns for `--rounds` runs, every mount run on a fresh mount. Returns the mounts'
+    /// medians over the baselines'.
     fn s3_cold(
         &mut self,
         env: &Env,
         t: &S3Target,
         tag: &str,
         out: &mut S3Size,
-    ) -> Result<(Option<f64>, Option<f64>)> {
+    ) -> Result<ColdRatios> {
         let workload: &'static str = leak(format!("s3-{tag}-cold"));
         let label: &'static str = leak(format!("S3 {tag} cold seq 1 MiB"));
         let conf = (env.concurrency, env.part);
@@ -503,10 +511,14 @@ impl Bench<'_> {
             workload,
             label,
             target,
-            cache_mode: if target == "source" { "-" } else { "direct" },
+            cache_mode: if target.starts_with("source") {
+                "-"
+            } else {
+                "direct"
+            },
             state,
             threads: 1,
-            block_bytes: if target == "source" {
+            block_bytes: if target.starts_with("source") {
                 env.part
             } else {
                 SEQ_BLOCK as u64
@@ -522,21 +534,32 @@ impl Bench<'_> {
                         human_bytes(env.part)
                     )),
                 ),
-                None,
+                Target::Get(workload::Keep::Nothing),
+            ),
+            (
+                spec(
+                    "source-ram",
+                    leak(format!(
+                        "no cache: as source, but every GET into a fresh buffer kept until the run ends, so the object ends up in memory as a loader's GET gives it ({} × {})",
+                        env.concurrency,
+                        human_bytes(env.part)
+                    )),
+                ),
+                Target::Get(workload::Keep::Object),
             ),
             (
                 spec(
                     "mount",
                     "fresh mount each run, --store none (the first open fetches the object whole into the store while the reader reads)",
                 ),
-                Some(StoreMode::Ephemeral),
+                Target::Mount(StoreMode::Ephemeral),
             ),
             (
                 spec(
                     "mount-arena",
                     "fresh mount each run, --store off (the arena and sequential prefetch only)",
                 ),
-                Some(StoreMode::Off),
+                Target::Mount(StoreMode::Off),
             ),
         ];
         let rounds = self.plan.timing.rounds;
@@ -550,8 +573,8 @@ impl Bench<'_> {
                 let label = self.round_label(spec, round);
                 let cpu0 = env.server_cpu();
                 let m = match store {
-                    None => self.s3_get(env, t, conf, label)?,
-                    Some(mode) => {
+                    Target::Get(keep) => self.s3_get(env, t, conf, *keep, label)?,
+                    Target::Mount(mode) => {
                         let (m, a, b, threads) =
                             self.s3_mount_read(env, t, mode.clone(), conf, label)?;
                         stats[i] = Some((a, b));
@@ -582,15 +605,20 @@ impl Bench<'_> {
             }
             medians.push(Runs::of(g).map(|r| r.median_gbps));
         }
-        let ratio = |i: usize| {
+        let ratio = |i: usize, base: usize| {
             medians
                 .get(i)
                 .copied()
                 .flatten()
-                .zip(medians.first().copied().flatten())
+                .zip(medians.get(base).copied().flatten())
                 .map(|(m, g)| m / g)
         };
-        Ok((ratio(1), ratio(2)))
+        Ok(ColdRatios {
+            mount: ratio(2, 0),
+            arena: ratio(3, 0),
+            mount_in_memory: ratio(2, 1),
+            arena_in_memory: ratio(3, 1),
+        })
     }
 
     /// The warm rows: a fresh `--store none` mount read whole once (hashed: the byte check), the
@@ -697,7 +725,13 @@ impl Bench<'_> {
                         human_bytes(part),
                         run + 1
                     );
-                    let r = self.s3_get(env, &t, (concurrency, part), format!("{what} · GET"))?;
+                    let r = self.s3_get(
+                        env,
+                        &t,
+                        (concurrency, part),
+                        workload::Keep::Nothing,
+                        format!("{what} · GET"),
+                    )?;
                     g.push(r.bytes as f64 / r.seconds.max(1e-9) / 1e9);
                     let (r, _, _, _) = self.s3_mount_read(
                         env,
@@ -731,6 +765,21 @@ impl Bench<'_> {
         }
         Ok(points)
     }
+}
+
+/// What a cold row runs: a baseline keeping its bytes so, or a mount with this store.
+enum Target {
+    Get(workload::Keep),
+    Mount(StoreMode),
+}
+
+/// The cold mounts' medians over the baselines' (`source`: bytes go nowhere; `source-ram`: the
+/// object kept in memory).
+struct ColdRatios {
+    mount: Option<f64>,
+    arena: Option<f64>,
+    mount_in_memory: Option<f64>,
+    arena_in_memory: Option<f64>,
 }
 
 /// A cold read through a mount: the measurement, the mount's counters before and after, and the

@@ -17,7 +17,7 @@ pub use mmap::{mmap_memfree_drop, mmap_rand, mmap_seq};
 pub use progress::{Progress, human_bytes};
 pub use random::{RandomSpec, random_read};
 pub use ring::ring_seq_read;
-pub use s3get::{S3Object, s3_get_read};
+pub use s3get::{Keep, S3Object, s3_get_read};
 pub use seq::{model_load, seq_read};
 
 use std::fs::File;

@@ -3,6 +3,12 @@
 //! streamed into a buffer of its own (as a fill streams into its arena block) — with no FUSE, no
 //! engine and no cache. Without it "cold through the mount" could only be compared with a whole
 //! GET, which measures a different request pattern, not the cache.
+//!
+//! Why two kinds of baseline (`Keep`): bytes that go nowhere (a few buffers reused) are the
+//! strictest bound, but no loader works that way: it keeps the object in memory, as the mount's
+//! cache does. Memory a process touches for the first time costs the kernel a zeroed page (and on
+//! a VM whose balloon reports free pages, the hypervisor backing it again), so `Keep::Object`
+//! fetches into fresh buffers that together hold the whole object until the run ends.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,6 +34,16 @@ pub struct S3Object<'a> {
 /// and when it was started.
 type Done = (Vec<u8>, Result<usize, String>, Instant);
 
+/// Where a baseline's bytes go.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Keep {
+    /// Into one buffer per GET in flight, reused: the bytes go nowhere.
+    Nothing,
+    /// Into fresh buffers, one per GET, kept until the end: the object ends up in memory, as a
+    /// loader's `get` gives it.
+    Object,
+}
+
 /// Fetches the whole object front to back in `chunk`-sized ranged GETs, `depth` in flight, each
 /// spawned on the client's runtime (as the daemon's fetcher spawns its GETs). Latency is per GET,
 /// from its start to its last byte.
@@ -35,12 +51,18 @@ pub fn s3_get_read(
     obj: &S3Object<'_>,
     chunk: usize,
     depth: usize,
+    keep: Keep,
     ctx: &Ctx<'_>,
 ) -> Result<Measurement> {
     let depth = depth.max(1);
     let progress = Progress::start(ctx, Some(obj.size), None);
     let (tx, rx) = mpsc::channel::<Done>();
-    let mut free: Vec<Vec<u8>> = (0..depth).map(|_| vec![0u8; chunk]).collect();
+    let mut free: Vec<Vec<u8>> = match keep {
+        Keep::Nothing => (0..depth).map(|_| vec![0u8; chunk]).collect(),
+        Keep::Object => Vec::new(),
+    };
+    // Keep::Object: the buffers that hold the object so far (dropped after the clock stops).
+    let mut kept: Vec<Vec<u8>> = Vec::new();
     let mut hist = new_hist();
     let (mut bytes, mut ops, mut next, mut in_flight) = (0u64, 0u64, 0u64, 0usize);
     let clock = Clock::start();
@@ -55,7 +77,8 @@ pub fn s3_get_read(
     };
     let result: Result<()> = loop {
         while in_flight < depth && next < obj.size {
-            let buf = free.pop().expect("a free buffer per GET in flight");
+            // (`vec!` of zeros is fresh, untouched memory: the GET's writes fault its pages in.)
+            let buf = free.pop().unwrap_or_else(|| vec![0u8; chunk]);
             spawn(buf, next);
             next += chunk as u64;
             in_flight += 1;
@@ -67,7 +90,10 @@ pub fn s3_get_read(
             break Err(anyhow::anyhow!("the S3 client's runtime stopped"));
         };
         in_flight -= 1;
-        free.push(buf);
+        match keep {
+            Keep::Nothing => free.push(buf),
+            Keep::Object => kept.push(buf),
+        }
         match got {
             Ok(n) => {
                 hist.saturating_record(elapsed_ns(started));
@@ -91,10 +117,16 @@ pub fn s3_get_read(
         bail!("fetched {bytes} bytes of {}", obj.size);
     }
     let access = format!(
-        "object_store ranged GETs, {depth} × {} in flight",
-        human_bytes(chunk as u64)
+        "object_store ranged GETs, {depth} × {} in flight{}",
+        human_bytes(chunk as u64),
+        match keep {
+            Keep::Nothing => "",
+            Keep::Object => ", the object kept in memory",
+        }
     );
-    Ok(clock.finish(bytes, ops, hist, access))
+    let m = clock.finish(bytes, ops, hist, access);
+    drop(kept);
+    Ok(m)
 }
 
 /// One ranged GET of `len` bytes at `at`, its body copied into `buf` as it arrives.
