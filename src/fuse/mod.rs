@@ -11,6 +11,7 @@
 //! The hit path (`read`) lives in `read.rs`; it never allocates.
 
 pub mod catalog;
+pub(crate) mod kernel;
 mod nodes;
 pub(crate) mod passthrough;
 pub(crate) mod read;
@@ -53,9 +54,6 @@ pub enum CacheMode {
     /// FOPEN_KEEP_CACHE: the page cache keeps what was read; repeats never reach the daemon.
     Keep,
 }
-
-/// Generation of the entries that take no reference ("." and "..").
-const GENERATION: Generation = Generation(1);
 
 const HANDLE_SHARDS: usize = 16;
 
@@ -217,26 +215,6 @@ impl NitroFs {
             self.opts.attr_ttl
         } else {
             Duration::ZERO
-        }
-    }
-
-    /// Asks the kernel for passthrough (kernel >= 6.9), which needs a store to pass through to.
-    fn init_passthrough(&self, config: &mut KernelConfig) {
-        if self.shared.store.is_none() {
-            return;
-        }
-        if !config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
-            tracing::info!(
-                "kernel offers no FUSE passthrough (needs >= 6.9): stored files are served through the daemon"
-            );
-            return;
-        }
-        // Backing files are on tmpfs (depth 0), so this mount stacks one deep.
-        let ok = config.set_max_stack_depth(1).is_ok()
-            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
-        self.passthrough.store(ok, Ordering::Relaxed);
-        if ok {
-            tracing::info!("FUSE passthrough on: opens of stored files bypass the daemon");
         }
     }
 
@@ -420,24 +398,17 @@ impl Filesystem for NitroFs {
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         // No FUSE_AUTO_INVAL_DATA in keep mode: it would drop pages a held handle of an older
         // version still reads; `versions` decides at each open whose bytes the page cache holds.
-        let supported = config.capabilities() & wanted;
-        let _ = config.add_capabilities(supported);
-        if !supported.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+        if !config
+            .capabilities()
+            .contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
             && self.opts.cache_mode == CacheMode::Direct
         {
             tracing::warn!(
                 "kernel lacks FUSE_DIRECT_IO_ALLOW_MMAP: mmap of files will fail in direct mode"
             );
         }
-        // One request never needs more than the chunk, so a hit is a single arena slice.
-        let request = (self.shared.max_request_bytes as u32).max(4096);
-        let _ = config.set_max_write(request);
-        if let Err(max) = config.set_max_readahead(request) {
-            let _ = config.set_max_readahead(max);
-        }
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
-        self.init_passthrough(config);
+        let passthrough = kernel::init(config, &self.shared, wanted);
+        self.passthrough.store(passthrough, Ordering::Relaxed);
         Ok(())
     }
 
@@ -669,21 +640,10 @@ impl Filesystem for NitroFs {
         let Some(list) = self.dirs.lock().get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
-        // Offsets: 1 after ".", 2 after "..", 3 + i after entry i.
-        let mut next = offset;
-        if next == 0 {
-            if reply.add(ino, 1, FileType::Directory, ".") {
-                return reply.ok();
-            }
-            next = 1;
-        }
-        if next == 1 {
-            if reply.add(INodeNo::ROOT, 2, FileType::Directory, "..") {
-                return reply.ok();
-            }
-            next = 2;
-        }
-        for (i, (name, src_ino, kind)) in list.entries.iter().enumerate().skip(next as usize - 2) {
+        let Some(first) = kernel::dots(ino, offset, &mut reply) else {
+            return reply.ok();
+        };
+        for (i, (name, src_ino, kind)) in list.entries.iter().enumerate().skip(first) {
             // No lookup happens here, so no node is made.
             let ino = self.nodes.listed_ino((list.dev, *src_ino));
             if reply.add(INodeNo(ino), (i + 3) as u64, *kind, name) {
@@ -704,31 +664,18 @@ impl Filesystem for NitroFs {
         let Some(list) = self.dirs.lock().get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
-        let mut next = offset;
-        if next < 2 {
-            // "." and "..": the kernel takes no reference for these.
+        let mut first = offset.saturating_sub(2) as usize;
+        if offset < 2 {
             let Ok(st) = sys::statx(list.fd.as_fd()) else {
                 return reply.error(Errno::ENOENT);
             };
             let attr = self.attr(ino.0, &st);
-            if next == 0 && reply.add(ino, 1, ".", &self.opts.attr_ttl, &attr, GENERATION) {
-                return reply.ok();
+            match kernel::dots_plus(ino, offset, &attr, &self.opts.attr_ttl, &mut reply) {
+                Some(i) => first = i,
+                None => return reply.ok(),
             }
-            let mut parent_attr = attr;
-            parent_attr.ino = INodeNo::ROOT;
-            if reply.add(
-                INodeNo::ROOT,
-                2,
-                "..",
-                &self.opts.attr_ttl,
-                &parent_attr,
-                GENERATION,
-            ) {
-                return reply.ok();
-            }
-            next = 2;
         }
-        for i in (next as usize - 2)..list.entries.len() {
+        for i in first..list.entries.len() {
             if self.add_plus(&list, i, &mut reply) {
                 break;
             }

@@ -14,14 +14,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, InitFlags,
+    KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 use nitro_ring::Waker;
 use parking_lot::Mutex;
 
-use super::tree::{Entry, Inode, Kind, Listing, ROOT_INO, Tree};
+use super::tree::{Entry, Inode, Kind, Listing, Tree};
 use super::{Client, Object};
 use crate::codec::DtypeHint;
 use crate::codec::formats::Layout;
@@ -31,7 +31,7 @@ use crate::fuse::read::{Reader, Stream};
 use crate::fuse::{CacheMode, versions};
 use object_store::ObjectStore;
 
-const GENERATION: Generation = Generation(1);
+use crate::fuse::kernel::{self, GENERATION};
 
 /// Versions remembered after their handles close, at most (then those no handle holds go).
 const REGISTRY_LIMIT: usize = 65_536;
@@ -477,26 +477,8 @@ impl Filesystem for RemoteFs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
-        let supported = config.capabilities() & wanted;
-        let _ = config.add_capabilities(supported);
-        // One request never needs more than the chunk: the engine's buffers (scratch, uncached
-        // reads) hold `max_request_bytes`. fuser asks the kernel for max_pages from the larger of
-        // max_write (16 MiB unless set) and max_readahead, and the kernel sends reads that large
-        // (up to fs.fuse.max_pages_limit), so max_write bounds the reads too, as on a local mount.
-        let request = (self.shared.max_request_bytes as u32).max(4096);
-        let _ = config.set_max_write(request);
-        if let Err(max) = config.set_max_readahead(request) {
-            let _ = config.set_max_readahead(max);
-        }
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
-        if self.shared.store.is_some()
-            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
-        {
-            let ok = config.set_max_stack_depth(1).is_ok()
-                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
-            self.passthrough.store(ok, Ordering::Relaxed);
-        }
+        let passthrough = kernel::init(config, &self.shared, wanted);
+        self.passthrough.store(passthrough, Ordering::Relaxed);
         Ok(())
     }
 
@@ -685,20 +667,10 @@ impl Filesystem for RemoteFs {
         let Some((rel, list)) = self.dirs.lock().get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
-        let mut next = offset;
-        if next == 0 {
-            if reply.add(ino, 1, FileType::Directory, ".") {
-                return reply.ok();
-            }
-            next = 1;
-        }
-        if next == 1 {
-            if reply.add(INodeNo(ROOT_INO), 2, FileType::Directory, "..") {
-                return reply.ok();
-            }
-            next = 2;
-        }
-        for (i, e) in list.iter().enumerate().skip(next as usize - 2) {
+        let Some(first) = kernel::dots(ino, offset, &mut reply) else {
+            return reply.ok();
+        };
+        for (i, e) in list.iter().enumerate().skip(first) {
             let kind = match e.kind {
                 Kind::Dir => FileType::Directory,
                 Kind::File => FileType::RegularFile,
@@ -722,23 +694,18 @@ impl Filesystem for RemoteFs {
         let Some((rel, list)) = self.dirs.lock().get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
-        let mut next = offset;
-        if next < 2 {
+        let mut first = offset.saturating_sub(2) as usize;
+        if offset < 2 {
             let Ok(node) = self.node(ino) else {
                 return reply.error(Errno::ENOENT);
             };
             let attr = self.attr(&node);
-            if next == 0 && reply.add(ino, 1, ".", &self.ttl(), &attr, GENERATION) {
-                return reply.ok();
+            match kernel::dots_plus(ino, offset, &attr, &self.ttl(), &mut reply) {
+                Some(i) => first = i,
+                None => return reply.ok(),
             }
-            let mut up = attr;
-            up.ino = INodeNo(ROOT_INO);
-            if reply.add(INodeNo(ROOT_INO), 2, "..", &self.ttl(), &up, GENERATION) {
-                return reply.ok();
-            }
-            next = 2;
         }
-        for i in (next as usize - 2)..list.len() {
+        for i in first..list.len() {
             if self.add_plus(&rel, &list, i, &mut reply) {
                 break;
             }
