@@ -13,6 +13,7 @@
 
 use std::io;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{MmapMut, MmapOptions};
 use parking_lot::Mutex;
@@ -80,6 +81,9 @@ pub struct Arena {
     pages_per_slab: u32,
     words_per_slab: usize,
     alloc: Mutex<Alloc>,
+    /// An io_uring has the mapping registered (fixed reads write into the pages it pinned then):
+    /// lent slabs must keep those pages (see `lend`).
+    ring_pinned: AtomicBool,
 }
 
 // SAFETY: the mapping is plain memory; who may write which block is governed by the index (a block
@@ -124,6 +128,7 @@ impl Arena {
             pages_per_slab,
             words_per_slab,
             alloc: Mutex::new(alloc),
+            ring_pinned: AtomicBool::new(false),
         })
     }
 
@@ -266,13 +271,22 @@ impl Arena {
     }
 
     /// Takes `slabs` free slabs out of the arena for the store and returns their pages to the
-    /// kernel, so the pool's RAM budget covers store + arena. All or nothing: false (nothing
+    /// kernel (unless a ring pinned them: see below), so the pool's RAM budget covers store +
+    /// arena. All or nothing: false (nothing
     /// lent) when fewer are free; the caller evicts and tries again.
     ///
     /// Why lend slabs instead of splitting the pool at start-up: which tier deserves the RAM
     /// depends on the files opened (a model that fits whole goes to the store and can be
     /// passed through; a larger one is chunk-cached here), so the split follows the load.
+    ///
+    /// Why the pages stay once a ring has the mapping registered (`set_ring_pinned`): io_uring
+    /// pins the registered pages, and its fixed reads write into those pages. MADV_DONTNEED then
+    /// only unmapped them from this process: a slab given back later was faulted in as fresh zero
+    /// pages while the ring's fills still landed in the pinned ones, so the arena served zeros
+    /// (issue 10: store files dropped, their slabs filled by the arena). The pinned pages were
+    /// never returned to the kernel either, so keeping them mapped costs no RAM.
     pub fn lend(&self, slabs: u32) -> bool {
+        let release = !self.ring_pinned.load(Ordering::Acquire);
         let mut a = self.alloc.lock();
         if (a.free_slabs.len() as u64) < u64::from(slabs) {
             return false;
@@ -282,6 +296,9 @@ impl Arena {
                 break;
             };
             a.modes[slab as usize] = SlabMode::Lent;
+            if !release {
+                continue;
+            }
             let offset = slab as usize * self.slab_bytes;
             // SAFETY: the slab is free (no block, so no reader or read in flight) and inside the
             // mapping; MADV_DONTNEED on private anonymous memory only drops its pages (it reads
@@ -295,6 +312,12 @@ impl Arena {
             };
         }
         true
+    }
+
+    /// An io_uring registered the mapping (its fixed reads write into the pages pinned now):
+    /// from here on `lend` leaves lent slabs' pages in place.
+    pub fn set_ring_pinned(&self) {
+        self.ring_pinned.store(true, Ordering::Release);
     }
 
     /// Returns `slabs` lent slabs to the free list (the store released that many slabs' bytes).

@@ -74,6 +74,23 @@ pub enum DtypeHint {
     Text,
 }
 
+impl DtypeHint {
+    /// Stored/raw a chunk of this kind is expected to reach in the compressed tier, before any of
+    /// it was compressed: what the store weighs when a loop of files fits the pool only
+    /// compressed (`engine::store_fill`). From `nitro-uring bench codec` on the real models
+    /// (README, "Compression"), rounded up: BF16 0.672, F32 0.822, FP16 0.837, text 0.32–0.54
+    /// (zstd 1). Unknown and quantized bytes are assumed not to compress.
+    pub fn expected_ratio(self) -> f64 {
+        match self {
+            DtypeHint::Bf16 => 0.70,
+            DtypeHint::F32 => 0.84,
+            DtypeHint::F16 => 0.85,
+            DtypeHint::Text => 0.55,
+            DtypeHint::Unknown | DtypeHint::Quantized => 1.0,
+        }
+    }
+}
+
 /// How one chunk is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {

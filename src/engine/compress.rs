@@ -13,10 +13,12 @@
 //! against the pool; the engine frees it and allocates the pieces when it collects the result
 //! (woken through the ring's eventfd).
 //!
-//! Why bounded, and dropping when full: at most `COMPRESS_JOBS` raw blocks wait for the worker;
-//! a victim beyond that is evicted as before compression existed (counted in
-//! `compress_dropped`), so an allocation that needs room always makes progress by evicting the
-//! next victim, and never waits for the worker. A request for a chunk whose encode is in flight
+//! Why bounded, and waiting when full: at most `COMPRESS_JOBS` raw blocks wait for the worker.
+//! Dropping the victims beyond that (as before issue 10) lost reused chunks in every eviction
+//! storm, so a set that fits the pool only compressed kept missing; now an allocation that finds
+//! the queue full waits for the worker instead (`alloc_block` fails, the request waits in the
+//! backlog and is tried again when the worker wakes the ring; it is not counted as a lost round).
+//! `compress_dropped` still counts a victim given back when the queue was full. A request for a chunk whose encode is in flight
 //! waits for it (an encode takes about a millisecond, a disk read longer) and is then served from
 //! the compressed chunk, or filled again if the encode did not pay.
 
@@ -315,6 +317,13 @@ impl Engine {
             *head = Some(wi);
         }
         true
+    }
+
+    /// Every job place is taken: room the worker will free comes back when it wakes the ring.
+    pub(super) fn compressor_full(&self) -> bool {
+        self.compressor
+            .as_ref()
+            .is_some_and(|c| c.buffers.is_empty())
     }
 
     /// Jobs not yet collected (the engine waits for them before it stops).

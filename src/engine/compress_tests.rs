@@ -1,6 +1,6 @@
-//! The compression worker under the engine: encodes happen off the ring thread, a full queue
-//! drops victims instead of waiting, a chunk read again during its encode is filled again, and
-//! shutdown waits for the jobs in flight.
+//! The compression worker under the engine: encodes happen off the ring thread, a fill that
+//! finds the worker's queue full waits for it instead of dropping reused chunks (issue 10), a
+//! chunk read again during its encode waits for it, and shutdown waits for the jobs in flight.
 
 use super::*;
 use crate::engine::compress::COMPRESS_JOBS;
@@ -47,27 +47,43 @@ fn churn(rig: &Rig, b: &Arc<Source>, data: &[u8]) {
     }
 }
 
+/// Holds the worker, then asks for chunk 0 of `b`: its fill hands `COMPRESS_JOBS` of `a`'s
+/// reused chunks to the worker and then waits for room. Returns the held gate and the miss.
+fn stall_on_the_worker<'g>(
+    rig: &Rig,
+    gate: &'g parking_lot::Mutex<()>,
+    a: &Arc<Source>,
+    b: &Arc<Source>,
+) -> (parking_lot::MutexGuard<'g, ()>, mpsc::Receiver<Answer>) {
+    let held = gate.lock();
+    let rx = rig.miss(b, 0, 100);
+    // Chunk 0 left first: it is with the worker now, out of the index.
+    wait_until("a's first chunk with the worker", || !rig.cached(a, 0));
+    (held, rx)
+}
+
 #[test]
-fn fills_go_on_while_the_worker_encodes_and_a_full_queue_drops() {
+fn a_full_worker_queue_makes_fills_wait_instead_of_dropping() {
     let (mut rig, gate) = rig_with_gate();
     rig.start();
     let (a, da) = text_file(&rig, "a", POOL, 1);
     let (b, db) = text_file(&rig, "b", 2 * POOL, 2);
     warm(&rig, &a, &da);
-    let held = gate.lock();
-    // The worker is stalled inside its first job: every read still completes.
-    churn(&rig, &b, &db);
-    let s = rig.stats();
-    assert_eq!(
-        n(&s.compressions),
-        0,
-        "nothing published while the worker is held"
+    let (held, rx) = stall_on_the_worker(&rig, &gate, &a, &b);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "answered while the worker's queue is full and held"
     );
-    assert!(n(&s.compress_dropped) >= 1, "a full queue drops victims");
+    let s = rig.stats();
+    assert_eq!(n(&s.compressions), 0, "nothing published while held");
+    assert_eq!(n(&s.compress_dropped), 0, "a full queue dropped a victim");
     drop(held);
-    wait_until("the queued encodes are published", || {
-        n(&s.compressions) == COMPRESS_JOBS as u64
+    assert_eq!(answer(&rx), slice(&db, 0, 100));
+    wait_until("the held encodes are published", || {
+        n(&s.compressions) >= COMPRESS_JOBS as u64
     });
+    churn(&rig, &b, &db);
+    assert_eq!(n(&s.compress_dropped), 0);
     // The published chunks are served decoded, byte-exact.
     let compressed: Vec<u64> = (0..POOL)
         .filter(|&c| rig.cached(&a, c))
@@ -82,7 +98,7 @@ fn fills_go_on_while_the_worker_encodes_and_a_full_queue_drops() {
                 .is_some_and(|p| p.view().form == crate::index::Form::Encoded)
         })
         .collect();
-    assert_eq!(compressed.len(), COMPRESS_JOBS, "{compressed:?}");
+    assert!(!compressed.is_empty());
     for c in compressed {
         assert_eq!(
             rig.read(&a, c * CHUNK + 5, 4000),
@@ -98,10 +114,7 @@ fn a_chunk_read_during_its_encode_waits_for_it() {
     let (a, da) = text_file(&rig, "a", POOL, 1);
     let (b, db) = text_file(&rig, "b", 2 * POOL, 2);
     warm(&rig, &a, &da);
-    let held = gate.lock();
-    churn(&rig, &b, &db);
-    // Chunk 0 left first: it is with the worker now, out of the index.
-    assert!(!rig.cached(&a, 0));
+    let (held, rx_b) = stall_on_the_worker(&rig, &gate, &a, &b);
     let fills = n(&rig.stats().fills);
     let rx = rig.miss(&a, 3, 9000);
     assert!(
@@ -110,11 +123,12 @@ fn a_chunk_read_during_its_encode_waits_for_it() {
     );
     drop(held);
     assert_eq!(answer(&rx), slice(&da, 3, 9000));
+    assert_eq!(answer(&rx_b), slice(&db, 0, 100));
     let s = rig.stats();
     assert_eq!(
         n(&s.fills),
-        fills,
-        "served from the encoded chunk, not read again"
+        fills + 1,
+        "a's chunk served from the encoded chunk, not read again (b's chunk 0 was)"
     );
     assert_eq!(n(&s.compress_discarded), 0);
     assert_eq!(rig.read(&a, 3, 9000), slice(&da, 3, 9000));
@@ -125,10 +139,9 @@ fn shutdown_waits_for_the_encodes_in_flight() {
     let (mut rig, gate) = rig_with_gate();
     rig.start();
     let (a, da) = text_file(&rig, "a", POOL, 1);
-    let (b, db) = text_file(&rig, "b", 2 * POOL, 2);
+    let (b, _) = text_file(&rig, "b", 2 * POOL, 2);
     warm(&rig, &a, &da);
-    let held = gate.lock();
-    churn(&rig, &b, &db);
+    let (held, _rx) = stall_on_the_worker(&rig, &gate, &a, &b);
     let stopper = std::thread::spawn(move || {
         rig.stop();
         rig
@@ -142,7 +155,8 @@ fn shutdown_waits_for_the_encodes_in_flight() {
     let rig = stopper.join().expect("stopped");
     let engine = rig.engine.as_ref().expect("stopped engine");
     assert_eq!(engine.compressing(), 0);
-    assert_eq!(n(&rig.stats().compressions), COMPRESS_JOBS as u64);
+    // The held jobs, and any the waiting fill needed after them.
+    assert!(n(&rig.stats().compressions) >= COMPRESS_JOBS as u64);
     // Every arena byte is accounted for by an indexed chunk: no raw block was left behind.
     let indexed: usize = (0..rig.shared.index.slot_count())
         .filter(|&s| engine.policy.is_queued(s))

@@ -173,12 +173,17 @@ impl Engine {
     }
 
     pub(super) fn alloc_block(&mut self, bytes: usize) -> Option<Block> {
-        // Bounded: each round frees one block (or hands one to the compression worker, at most
-        // `COMPRESS_JOBS` times: then victims are dropped); a pool full of pinned or packed blocks
-        // gives up.
+        // Bounded: each round frees one block (or hands one to the compression worker); a pool
+        // full of pinned or packed blocks gives up. With the worker's queue full, the allocation
+        // waits for it (None: the caller retries when the worker wakes the ring) rather than
+        // dropping the next victim, which may be a reused chunk that was about to be compressed:
+        // an encode takes about a millisecond, the chunk's next disk read longer (issue 10).
         for _ in 0..4096 {
             if let Some(b) = self.shared.arena.alloc(bytes) {
                 return Some(b);
+            }
+            if self.compressor_full() {
+                return None;
             }
             let v = self.take_victim()?;
             self.retire(v);

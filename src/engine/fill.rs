@@ -246,6 +246,7 @@ impl Engine {
                     key_hash: fill.key.hash64(),
                     bytes: block.pages * PAGE_BYTES as u32,
                     keeps: self.would_keep(&fill.src, fill.key, view),
+                    loop_bytes: fill.src.loop_bytes.load(Ordering::Relaxed),
                 };
                 self.shared.index.set(*slot, fill.key, view);
                 self.shared.index.publish(*slot, fill.key, fill.filler);

@@ -184,7 +184,10 @@ impl Engine {
         // mapping is never moved or unmapped while the ring exists.
         match unsafe { ring.register_region(shared.arena.base_ptr(), shared.arena.usable_bytes()) }
         {
-            Ok(n) => tracing::debug!("registered arena with io_uring in {n} piece(s)"),
+            Ok(n) => {
+                shared.arena.set_ring_pinned();
+                tracing::debug!("registered arena with io_uring in {n} piece(s)");
+            }
             Err(e) => {
                 tracing::info!("io_uring buffer registration refused ({e}); using plain reads")
             }

@@ -124,12 +124,20 @@ impl Engine {
                 w.next = fill.waiters;
                 fill.waiters = Some(wi);
             }
-            None if self.ring.in_flight() == 0 => {
+            None if self.ring.in_flight() == 0 && self.compressing() == 0 => {
                 // Nothing will complete to make room (every block pinned): do not wait for it.
                 let w = self.unpark(wi);
                 self.serve_uncached(w);
             }
-            None => self.backlog.push_back(wi),
+            None => {
+                if self.compressor_full()
+                    && let Some(w) = self.waiters[wi as usize].as_mut()
+                {
+                    // Waiting for the worker's room is no lost race (see `compress`).
+                    w.rounds -= 1;
+                }
+                self.backlog.push_back(wi);
+            }
         }
     }
 

@@ -73,6 +73,10 @@ pub struct Source {
     pub stamp: Stamp,
     /// The source no longer holds this version: misses fail with EIO, nothing more is read.
     pub stale: AtomicBool,
+    /// Set when the store kept this version out because its loop fits the pool only compressed:
+    /// the loop's bytes, which its chunks are inserted with as their reuse distance (they have no
+    /// ghost-queue history, having been read from the store before). 0: not known.
+    pub loop_bytes: AtomicU64,
     /// This version's store file, once admitted (see `store`): its chunks are filled there, not
     /// in the arena, and a complete one is read by the kernel through passthrough.
     pub store: std::sync::OnceLock<Arc<Entry>>,
@@ -200,6 +204,15 @@ impl Source {
                 self.mark_stale(&format!("fstat failed: {e}"));
                 false
             }
+        }
+    }
+
+    /// Bytes this version is expected to take in the arena's compressed tier (its size where its
+    /// format says nothing): what the store weighs a loop of files by (`engine::store_fill`).
+    pub fn expected_stored_bytes(&self) -> u64 {
+        match &self.layout {
+            Some(l) if l.file_len() == self.size => l.expected_stored_bytes(self.default_hint),
+            _ => (self.size as f64 * self.default_hint.expected_ratio()).ceil() as u64,
         }
     }
 

@@ -227,7 +227,7 @@ impl NitroFs {
         if src.store.get().is_some() || !opened.stable || src.size < store.min_bytes() {
             return;
         }
-        match store.lookup(&src.stamp) {
+        match store.lookup(&src.stamp, src.expected_stored_bytes()) {
             Some(e) => {
                 let _ = src.store.set(e);
             }

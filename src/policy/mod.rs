@@ -46,6 +46,9 @@ pub struct Chunk {
     /// Evicted from the reused part, it would be kept compressed rather than lost (a raw chunk the
     /// compressed tier can shrink): displacing it costs no disk read later.
     pub keeps: bool,
+    /// Its file is known to be read again and again in a loop of this many bytes (0: not known):
+    /// it is admitted as if back from the ghost queue with that reuse distance.
+    pub loop_bytes: u64,
 }
 
 /// An eviction policy over index slots, owned by the engine thread.

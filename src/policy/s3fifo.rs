@@ -20,6 +20,14 @@
 //! refreshed whenever the hand finds it was hit since. A working set that changes still gets in:
 //! the old chunks stop being hit, their unused time grows past the newcomers' reuse distance.
 //!
+//! Why main gives up compressed chunks last (issue 10, a loop that fits the pool only compressed):
+//! a raw chunk that compresses (`Chunk::keeps`) leaving main is only shrunk, a compressed one is
+//! lost. So while main holds raw chunks that compress, its hand passes over compressed ones (as if
+//! they had been hit), and a returning chunk is always admitted: the room it takes is made by
+//! compressing, not by dropping. A set that fits compressed thus ends up whole in the arena after
+//! the pass that brought it all back, instead of losing a compressed chunk per miss and missing it
+//! on the next pass.
+//!
 //! The access counter lives in the index slot (readers bump it); the queues live here and are owned
 //! by the one thread that inserts and evicts. Entries carry a generation so a slot removed out of
 //! band (invalidation) and reused later is not evicted through a stale queue entry.
@@ -56,6 +64,8 @@ pub struct S3Fifo {
     main_full: bool,
     small_bytes: u64,
     main_bytes: u64,
+    /// Bytes of main's raw chunks that would be compressed on leaving it (`keeps`).
+    main_keeps: u64,
     ghost: VecDeque<u64>,
     /// Per ghost key: how many queue entries it has, and `clock` at its last use.
     ghost_counts: HashMap<u64, (u32, u64), BuildHasherDefault<FxHasher>>,
@@ -81,6 +91,7 @@ impl S3Fifo {
             main_full: false,
             small_bytes: 0,
             main_bytes: 0,
+            main_keeps: 0,
             ghost: VecDeque::with_capacity(n),
             ghost_counts: HashMap::with_capacity_and_hasher(n, Default::default()),
             ghost_capacity: n,
@@ -131,6 +142,10 @@ impl S3Fifo {
         if !self.main_full && self.main_bytes * 100 < total * (100 - self.small_percent) {
             return true;
         }
+        if self.main_keeps > 0 {
+            // Room is made by compressing one of main's raw chunks: nothing is lost.
+            return true;
+        }
         let reuse = self.clock - last_use;
         for _ in 0..PROBES {
             let Some(&entry) = self.main.front() else {
@@ -141,9 +156,6 @@ impl S3Fifo {
                 continue;
             }
             let s = entry.0 as usize;
-            if self.keeps[s] {
-                return true;
-            }
             match counts.freq(entry.0) {
                 0 => return self.clock - self.last_use[s] > reuse,
                 f => {
@@ -155,6 +167,26 @@ impl S3Fifo {
             }
         }
         false
+    }
+
+    /// Counts `slot`'s bytes into main (its queue is set by the caller).
+    fn enter_main(&mut self, slot: u32) {
+        let s = slot as usize;
+        let bytes = u64::from(self.bytes[s]);
+        self.main_bytes += bytes;
+        if self.keeps[s] {
+            self.main_keeps += bytes;
+        }
+    }
+
+    /// Counts `slot`'s bytes out of main.
+    fn leave_main(&mut self, slot: u32) {
+        let s = slot as usize;
+        let bytes = u64::from(self.bytes[s]);
+        self.main_bytes -= bytes;
+        if self.keeps[s] {
+            self.main_keeps -= bytes;
+        }
     }
 
     fn live(&self, entry: (u32, u32), q: Queue) -> bool {
@@ -186,7 +218,8 @@ impl Policy for S3Fifo {
         self.keeps[s] = e.keeps;
         self.last_use[s] = self.clock;
         let entry = (slot, self.generation[s]);
-        let admitted = match self.ghost_take(key_hash) {
+        let known = (e.loop_bytes > 0).then(|| self.clock.saturating_sub(e.loop_bytes));
+        let admitted = match self.ghost_take(key_hash).or(known) {
             Some(last) if self.admits(last, counts) => true,
             Some(_) => {
                 self.refused += 1;
@@ -197,7 +230,7 @@ impl Policy for S3Fifo {
         if admitted {
             self.queue[s] = Queue::Main;
             self.main.push_back(entry);
-            self.main_bytes += u64::from(bytes);
+            self.enter_main(slot);
         } else {
             self.queue[s] = Queue::Small;
             self.small.push_back(entry);
@@ -214,14 +247,14 @@ impl Policy for S3Fifo {
         self.keeps[s] = false;
         self.queue[s] = Queue::Main;
         self.main.push_back((slot, self.generation[s]));
-        self.main_bytes += u64::from(bytes);
+        self.enter_main(slot);
     }
 
     fn remove(&mut self, slot: u32) {
         let s = slot as usize;
         match self.queue[s] {
             Queue::Small => self.small_bytes -= u64::from(self.bytes[s]),
-            Queue::Main => self.main_bytes -= u64::from(self.bytes[s]),
+            Queue::Main => self.leave_main(slot),
             Queue::None => return,
         }
         self.dequeued(slot);
@@ -246,7 +279,10 @@ impl Policy for S3Fifo {
     ) -> Option<Pick> {
         // Each queued entry can be looked at a bounded number of times: freq ≤ 3 re-queues in main,
         // one promotion from small, plus one pinned skip.
-        let mut budget = 6 * (self.small.len() + self.main.len()) + 16;
+        let mut budget = 7 * (self.small.len() + self.main.len()) + 16;
+        // Compressed chunks passed over while main holds raw ones that compress: once round main
+        // at most (those raw chunks may all be pinned).
+        let mut spared = 0;
         while budget > 0 {
             budget -= 1;
             let total = self.small_bytes + self.main_bytes;
@@ -264,7 +300,7 @@ impl Policy for S3Fifo {
                 if counts.freq(slot) > 0 {
                     counts.set_freq(slot, 0);
                     self.small_bytes -= bytes;
-                    self.main_bytes += bytes;
+                    self.enter_main(slot);
                     self.queue[slot as usize] = Queue::Main;
                     self.last_use[slot as usize] = self.clock;
                     self.main.push_back(entry);
@@ -297,8 +333,14 @@ impl Policy for S3Fifo {
                     self.main.push_back(entry);
                     continue;
                 }
+                if !self.keeps[slot as usize] && self.main_keeps > 0 && spared < self.main.len() {
+                    // Leaving main would lose it; a raw chunk behind it would only shrink.
+                    spared += 1;
+                    self.main.push_back(entry);
+                    continue;
+                }
                 if take(slot) {
-                    self.main_bytes -= u64::from(self.bytes[slot as usize]);
+                    self.leave_main(slot);
                     self.main_full = true;
                     self.dequeued(slot);
                     return Some(Pick {

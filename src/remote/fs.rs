@@ -395,6 +395,7 @@ impl Core {
             default_hint: header.1,
             compressed_logical_bytes: AtomicU64::new(0),
             compressed_stored_bytes: AtomicU64::new(0),
+            loop_bytes: AtomicU64::new(0),
             compression_logged: logged.clone(),
             stamp: object.stamp(self.client.id.0),
             stale: AtomicBool::new(false),
@@ -459,7 +460,7 @@ impl Core {
         if src.store.get().is_some() || src.size < store.min_bytes() {
             return;
         }
-        match store.lookup(&src.stamp) {
+        match store.lookup(&src.stamp, src.expected_stored_bytes()) {
             Some(e) => {
                 let _ = src.store.set(e);
             }

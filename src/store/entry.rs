@@ -33,6 +33,9 @@ pub struct Entry {
     /// Opens of this version seen (1 = probation: a first-time file may not push out reused ones).
     pub(super) uses: AtomicU64,
     pub(super) last_use: AtomicU64,
+    /// Bytes it would take in the arena's compressed tier (its size until an open says better;
+    /// `Source::expected_stored_bytes`).
+    pub(super) packed: AtomicU64,
 }
 
 impl Entry {
@@ -106,6 +109,11 @@ impl Entry {
         self.filled_count.fetch_add(1, Ordering::Relaxed) + 1 == self.chunks
     }
 
+    /// Whether it would take at most `1 - min_saving` of its size in the compressed tier.
+    pub fn compresses(&self, min_saving: f64) -> bool {
+        compresses(self.size(), self.packed.load(Ordering::Relaxed), min_saving)
+    }
+
     pub fn uses(&self) -> u64 {
         self.uses.load(Ordering::Relaxed)
     }
@@ -121,4 +129,9 @@ impl Entry {
     pub fn mark_reused(&self) {
         self.uses.fetch_max(2, Ordering::Relaxed);
     }
+}
+
+/// Whether `size` bytes expected to take `packed` in the compressed tier save at least `min_saving`.
+pub fn compresses(size: u64, packed: u64, min_saving: f64) -> bool {
+    (packed as f64) <= size as f64 * (1.0 - min_saving)
 }

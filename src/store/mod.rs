@@ -20,7 +20,7 @@
 //! reference can be made — so no reader can see an evicted mapping, and a file with a passthrough
 //! handle open stays whole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ use crate::engine::Stamp;
 mod entry;
 mod place;
 
-pub use entry::Entry;
+pub use entry::{Entry, compresses};
 pub use place::StoreMode;
 pub(crate) use place::own_dir;
 use place::{SOURCE_RECORD, collect_orphans, default_dir, name_of, parse_name};
@@ -67,6 +67,9 @@ struct State {
     entries: HashMap<Stamp, Arc<Entry>>,
     /// The store's clock: one tick per open of a file big enough to be stored.
     tick: u64,
+    /// Raw and expected compressed-tier bytes opened so far, at each of the last `HISTORY` ticks
+    /// (the back is `tick`): reuse distances in bytes, for `Reuse`.
+    history: VecDeque<(u64, u64)>,
     /// When versions that are not stored (now) were last opened, by tick: a reused file's reuse
     /// distance, which decides whom it may push out (`evict_one`). Bounded by `SEEN_LIMIT`.
     seen: HashMap<Stamp, u64>,
@@ -75,6 +78,68 @@ struct State {
 /// Versions whose last open the store remembers at most (cleared when full: forgetting only makes
 /// admission more conservative).
 const SEEN_LIMIT: usize = 4096;
+/// Ticks whose byte totals the store remembers (16 bytes each): a reuse distance longer than this
+/// has unknown bytes, taken as too large to fit anywhere.
+const HISTORY: usize = 4096;
+
+/// What was opened since a version's previous open, that open included: the loop it is part of,
+/// if it is read again and again. Bytes are `u64::MAX` when the store no longer remembers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reuse {
+    /// Opens (ticks of the store's clock).
+    pub opens: u64,
+    /// Their sizes.
+    pub bytes: u64,
+    /// What they would take in the arena's compressed tier (`Source::expected_stored_bytes`).
+    pub packed: u64,
+}
+
+impl State {
+    /// Counts one open of `bytes` bytes (`packed` compressed) on the clock; returns the new tick.
+    fn advance(&mut self, bytes: u64, packed: u64) -> u64 {
+        self.tick += 1;
+        let (raw, pk) = self.history.back().copied().unwrap_or((0, 0));
+        self.history
+            .push_back((raw.saturating_add(bytes), pk.saturating_add(packed)));
+        if self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+        self.tick
+    }
+
+    /// What was opened after tick `prev`, up to now.
+    fn since(&self, prev: u64) -> Reuse {
+        let opens = self.tick.saturating_sub(prev);
+        let back = |ago: u64| {
+            usize::try_from(ago)
+                .ok()
+                .and_then(|ago| self.history.len().checked_sub(ago + 1))
+                .and_then(|i| self.history.get(i).copied())
+        };
+        match (back(0), back(opens)) {
+            (Some(now), Some(then)) => Reuse {
+                opens,
+                bytes: now.0 - then.0,
+                packed: now.1 - then.1,
+            },
+            _ => Reuse {
+                opens,
+                bytes: u64::MAX,
+                packed: u64::MAX,
+            },
+        }
+    }
+
+    /// Takes `stamp`'s entry out, remembering its last open (its reuse distance, should it come
+    /// back). The caller checked that nobody else holds it.
+    fn remove(&mut self, stamp: &Stamp) -> Option<Arc<Entry>> {
+        let e = self.entries.remove(stamp)?;
+        if self.seen.len() < SEEN_LIMIT {
+            self.seen.insert(*stamp, e.last_use.load(Ordering::Relaxed));
+        }
+        Some(e)
+    }
+}
 
 pub struct Store {
     dir: OwnedFd,
@@ -155,6 +220,7 @@ impl Store {
             state: Mutex::new(State {
                 entries: HashMap::new(),
                 tick: 0,
+                history: VecDeque::new(),
                 seen: HashMap::new(),
             }),
         })
@@ -215,7 +281,7 @@ impl Store {
             let slabs = self.slabs_for(stamp.2);
             let used: u32 = st.entries.values().map(|e| e.slabs).sum();
             let entry = (used.saturating_add(slabs) <= self.cap_slabs && lend(slabs))
-                .then(|| self.entry(stamp, name.clone(), file, slabs, true))
+                .then(|| self.entry(stamp, name.clone(), file, slabs, stamp.2, true))
                 .and_then(Result::ok);
             match entry {
                 Some(e) => {
@@ -258,6 +324,7 @@ impl Store {
         name: String,
         file: OwnedFd,
         slabs: u32,
+        packed: u64,
         complete: bool,
     ) -> io::Result<Entry> {
         let size = stamp.2;
@@ -282,30 +349,33 @@ impl Store {
             slabs,
             uses: AtomicU64::new(0),
             last_use: AtomicU64::new(0),
+            packed: AtomicU64::new(packed),
         })
     }
 
-    /// The entry of a version, if stored (complete or being filled); counts a use.
-    pub fn lookup(&self, stamp: &Stamp) -> Option<Arc<Entry>> {
+    /// The entry of a version, if stored (complete or being filled); counts a use, and the open
+    /// on the store's clock (`packed`: `Source::expected_stored_bytes`). An open of a version
+    /// that is not stored is counted by `note_open` instead.
+    pub fn lookup(&self, stamp: &Stamp, packed: u64) -> Option<Arc<Entry>> {
         let mut st = self.state.lock();
-        st.tick += 1;
-        let tick = st.tick;
         let e = st.entries.get(stamp)?.clone();
+        let tick = st.advance(stamp.2, packed);
         e.last_use.store(tick, Ordering::Relaxed);
         e.uses.fetch_add(1, Ordering::Relaxed);
+        e.packed.store(packed, Ordering::Relaxed);
         Some(e)
     }
 
-    /// Counts an open of a version that is not stored on the store's clock; returns how many ticks
-    /// ago it was last opened (its reuse distance), if the store remembers.
-    pub fn note_open(&self, stamp: &Stamp) -> Option<u64> {
+    /// Counts an open of a version that is not stored on the store's clock; returns what was
+    /// opened since its previous open (its reuse distance), if the store remembers that open.
+    pub fn note_open(&self, stamp: &Stamp, packed: u64) -> Option<Reuse> {
         let mut st = self.state.lock();
-        st.tick += 1;
-        let now = st.tick;
+        let now = st.advance(stamp.2, packed);
         if st.seen.len() >= SEEN_LIMIT {
             st.seen.clear();
         }
-        st.seen.insert(*stamp, now).map(|prev| now - prev)
+        let prev = st.seen.insert(*stamp, now)?;
+        Some(st.since(prev))
     }
 
     /// The entry of a version, if stored, without counting a use (reports, a set prefetch looking).
@@ -339,7 +409,7 @@ impl Store {
     }
 
     /// Makes a new, empty entry for `stamp` (the caller has the budget). Engine thread only.
-    pub fn create(&self, stamp: Stamp, slabs: u32) -> io::Result<Arc<Entry>> {
+    pub fn create(&self, stamp: Stamp, slabs: u32, packed: u64) -> io::Result<Arc<Entry>> {
         let name = name_of(&stamp);
         let file = if self.persist {
             let part = format!("{name}.part");
@@ -360,7 +430,7 @@ impl Store {
         }
         .map_err(io_err)?;
         rustix::fs::ftruncate(&file, stamp.2).map_err(io_err)?;
-        let e = Arc::new(self.entry(stamp, name, file, slabs, false)?);
+        let e = Arc::new(self.entry(stamp, name, file, slabs, packed, false)?);
         let st = self.state.lock();
         // The open that admitted it was counted on the clock already (`note_open`).
         e.last_use.store(st.tick, Ordering::Relaxed);
@@ -404,16 +474,69 @@ impl Store {
             })
             .min_by_key(|(_, e)| e.last_use.load(Ordering::Relaxed))
             .map(|(s, _)| *s)?;
-        let e = st.entries.remove(&stamp)?;
-        // Its last open, should it come back (its reuse distance then).
-        let last = e.last_use.load(Ordering::Relaxed);
-        if st.seen.len() < SEEN_LIMIT {
-            st.seen.insert(stamp, last);
-        }
+        let e = st.remove(&stamp)?;
         drop(st);
         self.unlink(&e);
         tracing::debug!("store: evicted {} ({} MiB)", e.name, e.size() >> 20);
         Some(e.slabs)
+    }
+
+    /// What the entries opened within the last `opens` ticks take raw beyond what they would take
+    /// in the compressed tier: the cost of keeping a loop's files stored (`engine::store_fill`).
+    pub fn raw_premium(&self, opens: u64) -> u64 {
+        let st = self.state.lock();
+        let since = st.tick.saturating_sub(opens);
+        st.entries
+            .values()
+            .filter(|e| e.last_use.load(Ordering::Relaxed) > since)
+            .map(|e| e.size().saturating_sub(e.packed.load(Ordering::Relaxed)))
+            .sum()
+    }
+
+    /// Drops idle entries opened within the last `opens` ticks that compress (save at least
+    /// `min_saving`), those that save most first, until their savings reach `excess`: the raw
+    /// copies that keep a loop from fitting the pool compressed (see `engine::store_fill`).
+    /// Returns (files, bytes, slabs) dropped. Engine thread only.
+    pub fn evict_compressible(
+        &self,
+        opens: u64,
+        min_saving: f64,
+        excess: u64,
+    ) -> (usize, u64, u32) {
+        let mut st = self.state.lock();
+        let since = st.tick.saturating_sub(opens);
+        let mut candidates: Vec<(u64, Stamp)> = st
+            .entries
+            .iter()
+            .filter(|(_, e)| Arc::strong_count(e) == 1 && e.compresses(min_saving))
+            .filter(|(_, e)| e.last_use.load(Ordering::Relaxed) > since)
+            .map(|(s, e)| {
+                (
+                    e.size().saturating_sub(e.packed.load(Ordering::Relaxed)),
+                    *s,
+                )
+            })
+            .collect();
+        candidates.sort_by_key(|&(saving, _)| std::cmp::Reverse(saving));
+        let mut saved = 0;
+        let mut gone = Vec::new();
+        for (saving, stamp) in candidates {
+            if saved >= excess {
+                break;
+            }
+            if let Some(e) = st.remove(&stamp) {
+                saved += saving;
+                gone.push(e);
+            }
+        }
+        drop(st);
+        let (mut bytes, mut slabs) = (0, 0);
+        for e in &gone {
+            self.unlink(e);
+            bytes += e.size();
+            slabs += e.slabs;
+        }
+        (gone.len(), bytes, slabs)
     }
 
     /// Drops the entry of `stamp` if nobody else holds it (a version that went stale, or whose
@@ -488,5 +611,48 @@ mod tests {
         assert_eq!(parse_name("1-2-3-4"), None);
         assert_eq!(parse_name("1-2-3-4-5.part"), None);
         assert_eq!(parse_name("1-2-3-4-5-6"), None);
+    }
+
+    /// Reuse distances count every open since the previous one, stored or not, in opens, bytes
+    /// and expected compressed bytes; the first open of a version has none.
+    #[test]
+    fn reuse_distances_sum_the_opens_since() {
+        let dir = tempfile::tempdir_in("/dev/shm").expect("tempdir in /dev/shm");
+        let mode = StoreMode::Dir(dir.path().to_path_buf());
+        let store = Store::open(&mode, dir.path(), (1, 2), 1 << 20, 1 << 20, 64).expect("store");
+        let stamp = |ino: u64, size: u64| (1, ino, size, 0, 0);
+        let (a, b, c) = (stamp(1, 10 << 20), stamp(2, 20 << 20), stamp(3, 40 << 20));
+        assert_eq!(store.note_open(&a, 7 << 20), None);
+        assert_eq!(store.note_open(&b, 20 << 20), None);
+        let e = store.create(c, 40, 30 << 20).expect("an entry");
+        drop(e);
+        // An open of a stored version counts on the clock too; a version not stored is no hit.
+        assert!(store.lookup(&c, 30 << 20).is_some());
+        assert!(store.lookup(&a, 7 << 20).is_none());
+        assert_eq!(
+            store.note_open(&a, 7 << 20),
+            Some(Reuse {
+                opens: 3,
+                bytes: 70 << 20,
+                packed: 57 << 20
+            })
+        );
+        assert_eq!(
+            store.raw_premium(3),
+            10 << 20,
+            "c, stored raw, takes 10 MiB more"
+        );
+        assert_eq!(
+            store.evict_compressible(3, 0.1, 0),
+            (0, 0, 0),
+            "nothing in excess"
+        );
+        let (files, bytes, slabs) = store.evict_compressible(3, 0.1, 1);
+        assert_eq!(
+            (files, bytes, slabs),
+            (1, 40 << 20, 40),
+            "c compresses (0.75)"
+        );
+        assert_eq!(store.raw_premium(3), 0);
     }
 }

@@ -142,6 +142,25 @@ impl Layout {
             .map_or(DtypeHint::Unknown, |(&h, _)| h)
     }
 
+    /// Bytes the whole file is expected to take in the compressed tier: each span at its hint's
+    /// [`DtypeHint::expected_ratio`], bytes no span covers (and spans of unknown dtype) at
+    /// `default`'s (the file's own hint where the layout says nothing).
+    pub fn expected_stored_bytes(&self, default: DtypeHint) -> u64 {
+        let mut covered = 0u64;
+        let mut stored = 0.0f64;
+        for span in &self.spans {
+            let len = span.end.saturating_sub(span.start);
+            covered = covered.saturating_add(len);
+            let hint = match span.hint {
+                DtypeHint::Unknown => default,
+                h => h,
+            };
+            stored += len as f64 * hint.expected_ratio();
+        }
+        let rest = self.file_len.saturating_sub(covered);
+        (stored + rest as f64 * default.expected_ratio()).ceil() as u64
+    }
+
     /// Build from spans (sorted here); fails on overlaps or spans past the end of the file.
     pub fn new(
         format: Format,
@@ -248,5 +267,26 @@ mod tests {
         let mut file = u64::MAX.to_le_bytes().to_vec();
         file.extend_from_slice(b"{}");
         assert!(matches!(parse_whole(&file), Ok(None)));
+    }
+
+    #[test]
+    fn expected_stored_bytes_weighs_each_span_by_its_dtype() {
+        use super::{DtypeHint, Format, Layout, Span};
+        let span = |start, end, hint| Span { start, end, hint };
+        let l = Layout::new(
+            Format::Safetensors,
+            1000,
+            100,
+            vec![
+                span(100, 500, DtypeHint::Bf16),
+                span(500, 900, DtypeHint::Quantized),
+                span(900, 950, DtypeHint::Unknown),
+            ],
+        )
+        .expect("a layout");
+        // 400 BF16 at 0.70, 400 quantized at 1, and the header, the unknown span and the tail
+        // (200 bytes) at the default's ratio.
+        assert_eq!(l.expected_stored_bytes(DtypeHint::Unknown), 280 + 400 + 200);
+        assert_eq!(l.expected_stored_bytes(DtypeHint::Text), 280 + 400 + 110);
     }
 }
