@@ -272,8 +272,8 @@ impl Arena {
 
     /// Takes `slabs` free slabs out of the arena for the store and returns their pages to the
     /// kernel (unless a ring pinned them: see below), so the pool's RAM budget covers store +
-    /// arena. All or nothing: false (nothing
-    /// lent) when fewer are free; the caller evicts and tries again.
+    /// arena. All or nothing: false (nothing lent) when fewer are free; the caller evicts and
+    /// tries again.
     ///
     /// Why lend slabs instead of splitting the pool at start-up: which tier deserves the RAM
     /// depends on the files opened (a model that fits whole goes to the store and can be
@@ -284,7 +284,8 @@ impl Arena {
     /// only unmapped them from this process: a slab given back later was faulted in as fresh zero
     /// pages while the ring's fills still landed in the pinned ones, so the arena served zeros
     /// (issue 10: store files dropped, their slabs filled by the arena). The pinned pages were
-    /// never returned to the kernel either, so keeping them mapped costs no RAM.
+    /// never returned to the kernel either. The engine therefore registers the arena only when
+    /// there is no store (nothing is ever lent then); this is the safety net if that changes.
     pub fn lend(&self, slabs: u32) -> bool {
         let release = !self.ring_pinned.load(Ordering::Acquire);
         let mut a = self.alloc.lock();

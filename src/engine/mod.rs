@@ -180,16 +180,26 @@ impl Engine {
         assert!(max_fills >= 2);
         // Room for every fill and uncached read queued between two waits, and the wake poll.
         let mut ring = Ring::new(((max_fills + UNCACHED_SLOTS) as u32 + 2).next_power_of_two())?;
-        // SAFETY: the arena lives in `shared`, which the engine holds for its whole life, and the
-        // mapping is never moved or unmapped while the ring exists.
-        match unsafe { ring.register_region(shared.arena.base_ptr(), shared.arena.usable_bytes()) }
-        {
-            Ok(n) => {
-                shared.arena.set_ring_pinned();
-                tracing::debug!("registered arena with io_uring in {n} piece(s)");
-            }
-            Err(e) => {
-                tracing::info!("io_uring buffer registration refused ({e}); using plain reads")
+        // Why the arena is registered only without a store: registering pins its pages for the
+        // ring's life, and a store borrows arena slabs, whose pages must go back to the kernel
+        // (MADV_DONTNEED) for store + arena to stay within `--pool`. Pinned pages cannot go back:
+        // MADV_DONTNEED would only unmap them here, so RAM would not be freed, and a slab given
+        // back by the store would fault in fresh pages while fixed reads still wrote the pinned
+        // ones — the arena served zeros. Registered buffers come in at most 16384 pieces, too few
+        // to register slab by slab (a 1 MiB slab each), so with a store the ring reads unregistered.
+        if shared.store.is_none() {
+            // SAFETY: the arena lives in `shared`, which the engine holds for its whole life, and
+            // the mapping is never moved or unmapped while the ring exists.
+            match unsafe {
+                ring.register_region(shared.arena.base_ptr(), shared.arena.usable_bytes())
+            } {
+                Ok(n) => {
+                    shared.arena.set_ring_pinned();
+                    tracing::debug!("registered arena with io_uring in {n} piece(s)");
+                }
+                Err(e) => {
+                    tracing::info!("io_uring buffer registration refused ({e}); using plain reads")
+                }
             }
         }
         let waker = ring.waker();
