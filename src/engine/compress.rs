@@ -99,12 +99,24 @@ pub(super) struct Compressor {
     /// Output buffers not lent to a job (made at start-up, one per job).
     buffers: Vec<Vec<u8>>,
     pub(super) in_flight: usize,
+    /// Jobs out at most: `COMPRESS_JOBS`, fewer in a small pool (see `job_limit`).
+    limit: usize,
     /// The keys being encoded, each with the requests parked on it (a list through
     /// `Waiter::next`, as on a fill).
     keys: HashMap<Key, Option<u32>, BuildHasherDefault<FxHasher>>,
     /// Held by the worker while it encodes; a test holds it to stall the worker.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(super) gate: Arc<Mutex<()>>,
+}
+
+/// Raw victims with the worker at most, for a pool of `slots` chunks: a sixteenth of the pool,
+/// 2 to `COMPRESS_JOBS`. Why pool-relative: while a victim waits for the worker it is in no
+/// queue, so a chunk coming back cannot be weighed against it; in a small pool 16 such chunks
+/// (40% of a 38-chunk pool) left the policy choosing among too few and refusing returning chunks
+/// (issue 10's BF16 loop: pass 3 refilled 6% of the set). Since a full queue makes fills wait
+/// rather than drop victims, fewer places cost waiting, not misses.
+fn job_limit(slots: usize) -> usize {
+    (slots / 16).clamp(2, COMPRESS_JOBS)
 }
 
 impl Compressor {
@@ -144,6 +156,7 @@ impl Compressor {
                 .map(|_| Vec::with_capacity(room))
                 .collect(),
             in_flight: 0,
+            limit: job_limit(shared.index.slot_count() as usize),
             keys: HashMap::with_capacity_and_hasher(COMPRESS_JOBS * 2, Default::default()),
             gate,
         })
@@ -240,7 +253,7 @@ impl Engine {
         let Some(c) = self.compressor.as_mut() else {
             return Some(v);
         };
-        let Some(out) = c.buffers.pop() else {
+        let Some(out) = (c.in_flight < c.limit).then(|| c.buffers.pop()).flatten() else {
             let s = &self.shared.stats;
             s.compress_dropped.fetch_add(1, Ordering::Relaxed);
             return Some(v);
@@ -323,7 +336,7 @@ impl Engine {
     pub(super) fn compressor_full(&self) -> bool {
         self.compressor
             .as_ref()
-            .is_some_and(|c| c.buffers.is_empty())
+            .is_some_and(|c| c.buffers.is_empty() || c.in_flight >= c.limit)
     }
 
     /// Jobs not yet collected (the engine waits for them before it stops).
