@@ -925,18 +925,7 @@ fn a_store_on_tmpfs_survives_a_restart_without_fetching_again() {
 
     let mut a = mount_s3(&server, &dirs, PREFIX, &args, WATCHDOG);
     check_sequential(&dirs.mnt.join(w.rel), w);
-    let t = Instant::now();
-    loop {
-        let s = stats(&dirs.mnt);
-        if num(&s, "store_complete_files") >= 1 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the store never held w.bin: {s}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_stored(&dirs.mnt, 1);
     let (gets_first, bytes_first) = object_gets(&server, &key(w.rel), w.len);
     assert!(
         bytes_first >= w.len,
