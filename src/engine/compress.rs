@@ -96,11 +96,9 @@ pub(super) struct Compressor {
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Output buffers not lent to a job (made at start-up, one per job).
+    /// Output buffers not lent to a job (made at start-up, one per job place: `job_limit`).
     buffers: Vec<Vec<u8>>,
     pub(super) in_flight: usize,
-    /// Jobs out at most: `COMPRESS_JOBS`, fewer in a small pool (see `job_limit`).
-    limit: usize,
     /// The keys being encoded, each with the requests parked on it (a list through
     /// `Waiter::next`, as on a fill).
     keys: HashMap<Key, Option<u32>, BuildHasherDefault<FxHasher>>,
@@ -152,11 +150,10 @@ impl Compressor {
             jobs: Some(jobs),
             done,
             thread: Some(thread),
-            buffers: (0..COMPRESS_JOBS)
+            buffers: (0..job_limit(shared.index.slot_count() as usize))
                 .map(|_| Vec::with_capacity(room))
                 .collect(),
             in_flight: 0,
-            limit: job_limit(shared.index.slot_count() as usize),
             keys: HashMap::with_capacity_and_hasher(COMPRESS_JOBS * 2, Default::default()),
             gate,
         })
@@ -253,7 +250,7 @@ impl Engine {
         let Some(c) = self.compressor.as_mut() else {
             return Some(v);
         };
-        let Some(out) = (c.in_flight < c.limit).then(|| c.buffers.pop()).flatten() else {
+        let Some(out) = c.buffers.pop() else {
             let s = &self.shared.stats;
             s.compress_dropped.fetch_add(1, Ordering::Relaxed);
             return Some(v);
@@ -336,7 +333,7 @@ impl Engine {
     pub(super) fn compressor_full(&self) -> bool {
         self.compressor
             .as_ref()
-            .is_some_and(|c| c.buffers.is_empty() || c.in_flight >= c.limit)
+            .is_some_and(|c| c.buffers.is_empty())
     }
 
     /// Jobs not yet collected (the engine waits for them before it stops).
