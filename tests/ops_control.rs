@@ -1,8 +1,9 @@
 //! The control channel on real mounts (issue 11): `warm` fills inside the daemon so later reads
 //! cost no fills, `warm --check` reports residency, `pin` keeps a file through a working set
 //! larger than the pool and is capped, `evict` drops residency, `stats --json` numbers move with
-//! reads, a directory that is not a nitro-uring mount and a SIGKILLed daemon each get one clear
-//! line, and `--metrics` is scraped over HTTP and parsed with a Prometheus text parser.
+//! reads (and say what a set prefetch did), a directory that is not a nitro-uring mount and a
+//! SIGKILLed daemon each get one clear line, and `--metrics` is scraped over HTTP and parsed with a
+//! Prometheus text parser.
 
 mod common;
 
@@ -418,6 +419,76 @@ fn metrics_are_prometheus_text_and_move_with_reads() {
         value(&m1, "nitro_uring_reads_total", hit)
     );
     assert!(m1.docs.contains_key("nitro_uring_read_duration_seconds"));
+}
+
+#[test]
+fn stats_and_metrics_say_what_a_set_prefetch_did() {
+    // Three numbered shards: opening the first queues the other two (issue 10, part 4).
+    let dirs = Dirs::new();
+    let len = 3 * MIB as usize + 123;
+    for k in 1..=3u64 {
+        write_file(
+            &dirs.src.join(format!("m-0000{k}-of-00003.gguf")),
+            &pattern(k, len),
+        );
+    }
+    thread::sleep(RACY);
+    let d = Daemon::start(
+        &dirs.src,
+        &dirs.mnt,
+        &[
+            "--pool",
+            "64M",
+            "--store",
+            "none",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let before = stats(&dirs.mnt);
+    assert_eq!(num(&before, "sets.found"), 0.0, "{before}");
+    let mut f = std::fs::File::open(dirs.mnt.join("m-00001-of-00003.gguf")).expect("open shard 1");
+    let mut head = [0u8; 4096];
+    f.read_exact(&mut head).expect("read shard 1");
+    let deadline = Instant::now() + WAIT;
+    let s = loop {
+        let s = stats(&dirs.mnt);
+        if num(&s, "sets.done") >= 1.0 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "set prefetch not done: {s}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(num(&s, "sets.found"), 1.0, "{s}");
+    assert_eq!(num(&s, "sets.members_queued"), 2.0, "{s}");
+    assert_eq!(num(&s, "sets.prefetched_bytes"), (2 * len) as f64, "{s}");
+    assert!(num(&s, "sets.seconds") > 0.0, "{s}");
+    let text = ok(&cli(&[os("stats"), dirs.mnt.as_os_str()]), "stats");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sets") && l.contains("1 found, 2 member(s) queued")),
+        "{text}"
+    );
+    let err = d.stderr();
+    let addr = err
+        .split("METRICS http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no METRICS line:\n{err}"))
+        .to_string();
+    let m = parse(&scrape(&addr));
+    assert_eq!(value(&m, "nitro_uring_sets_found_total", None), 1.0);
+    assert_eq!(value(&m, "nitro_uring_set_members_queued_total", None), 2.0);
+    assert_eq!(
+        value(&m, "nitro_uring_set_prefetch_bytes_total", None),
+        (2 * len) as f64
+    );
+    assert_eq!(
+        value(&m, "nitro_uring_set_prefetches_done_total", None),
+        1.0
+    );
+    assert!(value(&m, "nitro_uring_set_prefetch_seconds_total", None) > 0.0);
+    drop(f);
 }
 
 #[test]

@@ -124,6 +124,17 @@ fn text(mp: &std::path::Path, r: &Report) -> String {
         r.pinned_files,
         human(r.pin_cap_bytes)
     );
+    let st = &r.sets;
+    if st.found > 0 {
+        s += &format!(
+            "sets      {} found, {} member(s) queued, {} prefetched; {} done in {:.1} s\n",
+            st.found,
+            st.members_queued,
+            human(st.prefetched_bytes),
+            st.done,
+            st.seconds
+        );
+    }
     s += &format!("hit time  {}\n", pcts(&r.latency_us.hit));
     s += &format!("miss time {}\n", pcts(&r.latency_us.miss));
     if !r.top.is_empty() {

@@ -226,6 +226,36 @@ pub fn render(ctx: &Ctx) -> String {
         "Opens answered with FUSE passthrough.",
         r.passthrough_opens,
     );
+    o.one(
+        "sets_found_total",
+        "counter",
+        "Model sets found on an open (numbered shards, safetensors indexes, ollama manifests).",
+        r.sets.found,
+    );
+    o.one(
+        "set_members_queued_total",
+        "counter",
+        "Set members queued for prefetch.",
+        r.sets.members_queued,
+    );
+    o.one(
+        "set_prefetch_bytes_total",
+        "counter",
+        "Bytes set prefetch put in the cache.",
+        r.sets.prefetched_bytes,
+    );
+    o.one(
+        "set_prefetches_done_total",
+        "counter",
+        "Set prefetches finished.",
+        r.sets.done,
+    );
+    o.head(
+        "set_prefetch_seconds_total",
+        "counter",
+        "Wall time of the finished set prefetches, summed.",
+    );
+    o.value("set_prefetch_seconds_total", "", r.sets.seconds);
     o.one("store_files", "gauge", "Files in the store.", r.store_files);
     o.one("pinned_files", "gauge", "Files pinned.", r.pinned_files);
     o.0

@@ -38,7 +38,22 @@ pub struct Report {
     pub passthrough_opens: u64,
     pub pinned_files: u64,
     pub pin_cap_bytes: u64,
+    /// Model-set prefetch since mount (`fuse::set_prefetch`).
+    #[serde(default)]
+    pub sets: Sets,
     pub top: Vec<TopFile>,
+}
+
+/// What set prefetch did: sets found on an open, members queued, bytes their prefetch put in the
+/// cache, prefetches finished and their wall time summed (from the open that found the set to the
+/// last member done).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Sets {
+    pub found: u64,
+    pub members_queued: u64,
+    pub prefetched_bytes: u64,
+    pub done: u64,
+    pub seconds: f64,
 }
 
 /// The pool by kind: raw + compressed + pinned + free = pool; metadata is outside the pool.
@@ -285,6 +300,13 @@ pub fn gather(ctx: &Ctx, top: usize) -> Report {
         passthrough_opens: snap.passthrough_opens,
         pinned_files,
         pin_cap_bytes: cap,
+        sets: Sets {
+            found: snap.sets_found,
+            members_queued: snap.set_members_queued,
+            prefetched_bytes: snap.set_prefetch_bytes,
+            done: snap.sets_done,
+            seconds: snap.set_prefetch_ms as f64 / 1e3,
+        },
         top: top_files(ctx, top),
     }
 }

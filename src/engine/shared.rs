@@ -52,8 +52,10 @@ pub struct Stats {
     pub sets_found: AtomicU64,
     pub set_members_queued: AtomicU64,
     pub set_prefetch_bytes: AtomicU64,
-    /// Set prefetches finished (every queued member done or given up).
+    /// Set prefetches finished (every queued member done or given up), and their wall time
+    /// summed, from the open that found the set to the last member done.
     pub sets_done: AtomicU64,
+    pub set_prefetch_ms: AtomicU64,
 }
 
 /// What the FUSE front and the engine share.

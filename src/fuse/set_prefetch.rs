@@ -371,11 +371,11 @@ impl Worker {
                 String::new()
             }
         );
-        self.deps
-            .shared
-            .stats
-            .sets_done
-            .fetch_add(1, Ordering::Relaxed);
+        let stats = &self.deps.shared.stats;
+        stats.sets_done.fetch_add(1, Ordering::Relaxed);
+        stats
+            .set_prefetch_ms
+            .fetch_add(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         drop(held);
     }
 

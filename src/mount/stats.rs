@@ -46,6 +46,7 @@ pub struct StatsSnapshot {
     pub set_members_queued: u64,
     pub set_prefetch_bytes: u64,
     pub sets_done: u64,
+    pub set_prefetch_ms: u64,
 }
 
 pub fn snapshot(shared: &Shared) -> StatsSnapshot {
@@ -64,6 +65,7 @@ pub fn snapshot(shared: &Shared) -> StatsSnapshot {
         set_members_queued: r(&s.set_members_queued),
         set_prefetch_bytes: r(&s.set_prefetch_bytes),
         sets_done: r(&s.sets_done),
+        set_prefetch_ms: r(&s.set_prefetch_ms),
         hits: r(&s.hits),
         misses: r(&s.misses),
         fills: r(&s.fills),
