@@ -57,8 +57,16 @@ pub struct BenchArgs {
     pub source_qd: Option<usize>,
     /// File sizes of the resident rows (store + passthrough against the page cache), comma-separated
     /// (default 1GiB,4GiB, each only if memory allows; --quick: 32MiB; 0: none)
-    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    #[arg(long, value_delimiter = ',', value_parser = parse_size_or_zero)]
     pub resident_sizes: Option<Vec<u64>>,
+    /// The repeat rows (a file larger than the pool read whole again and again, from dropped page
+    /// caches): the file's size; the pool is two thirds of it (default 3GiB through a 2GiB pool,
+    /// smaller when memory or disk are short; --quick: 48MiB; 0: none)
+    #[arg(long, value_parser = parse_size_or_zero)]
+    pub repeat_size: Option<u64>,
+    /// The repeat rows: passes over the file per round (default 5, at least 3)
+    #[arg(long)]
+    pub repeat_passes: Option<usize>,
     /// Model-set prefetch of the mount (`--prefetch-sets`): on (default) or off. The generated
     /// shards form a set, so with it on, opening the first shard prefetches the others
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
@@ -119,4 +127,12 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = true)]
         derive_bf16: bool,
     },
+}
+
+/// A size as `--pool` takes it, or 0 (which turns a group of rows off).
+fn parse_size_or_zero(text: &str) -> Result<u64, String> {
+    if text.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size(text)
 }

@@ -67,8 +67,9 @@ pub(crate) struct Measured {
     pub(crate) peak_before_mmap: u64,
     pub(crate) cpu: CpuBaseline,
     pub(crate) resident: Vec<crate::resident::Resident>,
-    pub(crate) resident_notes: Vec<String>,
+    pub(crate) row_notes: Vec<String>,
     pub(crate) s3: Option<crate::s3::S3Report>,
+    pub(crate) repeat: Option<crate::repeat::Repeat>,
 }
 
 /// The run's report. `workdir` is the temporary directory the run used.
@@ -107,12 +108,8 @@ pub(crate) fn report(
         targets: targets(plan),
         resident: m.resident,
         s3: m.s3,
-        notes: plan
-            .notes
-            .iter()
-            .chain(&m.resident_notes)
-            .cloned()
-            .collect(),
+        repeat: m.repeat,
+        notes: plan.notes.iter().chain(&m.row_notes).cloned().collect(),
     }
 }
 

@@ -50,9 +50,11 @@ pub(crate) struct Bench<'a> {
     pub(crate) last_stats: Option<StatsSnapshot>,
     /// What the resident rows found beside their throughput (see `resident`).
     pub(crate) resident_runs: Vec<crate::resident::Resident>,
-    pub(crate) resident_notes: Vec<String>,
+    pub(crate) row_notes: Vec<String>,
     /// What the S3 rows found beside their throughput (see `s3`).
     pub(crate) s3: Option<crate::s3::S3Report>,
+    /// What the repeat rows found per pass (see `repeat`).
+    pub(crate) repeat: Option<crate::repeat::Repeat>,
 }
 
 /// Drops the page-cache pages of these files (between passes of a warm row).
@@ -83,8 +85,9 @@ impl<'a> Bench<'a> {
             null: None,
             last_stats: None,
             resident_runs: Vec::new(),
-            resident_notes: Vec::new(),
+            row_notes: Vec::new(),
             s3: None,
+            repeat: None,
         }
     }
 }

@@ -28,6 +28,7 @@ mod finish;
 mod harness;
 pub mod nullfs;
 mod plan;
+pub mod repeat;
 pub mod report;
 pub mod resident;
 mod rounds;

@@ -158,7 +158,8 @@ fn data(
     let source = ws.root.join("src");
     std::fs::create_dir(&source)?;
     if !crate::rows::local_rows(args) {
-        // Only rows with data of their own (`--only s3`): no model directory to generate.
+        // Only rows with data of their own (`--only s3`, `resident`, `repeat`): no model
+        // directory to generate.
         return Ok((source, false, Vec::new()));
     }
     let shards = 4u64;

@@ -101,7 +101,7 @@ impl Bench<'_> {
         let (sizes, notes) = sizes(self.args, mem);
         for n in notes {
             eprintln!("  {n}");
-            self.resident_notes.push(n);
+            self.row_notes.push(n);
         }
         for size in sizes {
             self.unmount()?;
@@ -177,7 +177,7 @@ impl Bench<'_> {
         Ok(out)
     }
 
-    fn resident_mount(
+    pub(crate) fn resident_mount(
         &mut self,
         src: &Path,
         mnt: &Path,
@@ -315,7 +315,7 @@ pub(crate) fn leak(s: String) -> &'static str {
 }
 
 /// Writes `size` incompressible bytes and syncs them to the disk.
-fn write_random(path: &Path, size: u64, ctx: &Ctx<'_>) -> Result<()> {
+pub(crate) fn write_random(path: &Path, size: u64, ctx: &Ctx<'_>) -> Result<()> {
     let mut f =
         std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     let mut rng = Rng::new(size);

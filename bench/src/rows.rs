@@ -15,7 +15,7 @@ use crate::sys;
 use crate::workload::{self, Ctx};
 
 /// Workload ids and labels, in report order.
-pub const WORKLOADS: [(&str, &str); 13] = [
+pub const WORKLOADS: [(&str, &str); 14] = [
     ("cold-seq", "cold seq read 1 MiB"),
     ("arena-seq", "warm arena seq 1 MiB"),
     ("pagecache-seq", "page-cache hit seq 1 MiB"),
@@ -29,6 +29,9 @@ pub const WORKLOADS: [(&str, &str); 13] = [
     ("load-warm", "model load, warm arena"),
     // One row per file size and read shape (`resident.rs`); this id selects them all.
     ("resident", "resident re-open (store + passthrough)"),
+    // One file larger than the pool read again and again (`repeat.rs`): a row per pass and the
+    // rates of the time formula; this id selects them all.
+    ("repeat", "repeated load larger than the pool"),
     // An S3 source, only when asked by name (`s3/`): cold and warm rows per object size.
     ("s3", "S3 source (ranged GETs against the mount)"),
 ];
@@ -46,11 +49,14 @@ pub(crate) fn selected(args: &BenchArgs, id: &str) -> bool {
 /// Rows that run only when `--only` names them.
 pub(crate) const ON_REQUEST: [&str; 1] = ["s3"];
 
+/// Rows that make their own files (or object) instead of reading the source directory.
+const OWN_DATA: [&str; 3] = ["resident", "repeat", "s3"];
+
 /// Whether any row that reads the local source (the generated or `--source` directory) runs.
 pub(crate) fn local_rows(args: &BenchArgs) -> bool {
     WORKLOADS
         .iter()
-        .any(|w| !ON_REQUEST.contains(&w.0) && selected(args, w.0))
+        .any(|w| !OWN_DATA.contains(&w.0) && selected(args, w.0))
 }
 
 pub(crate) fn label_of(id: &str) -> &'static str {
@@ -420,6 +426,13 @@ pub(crate) fn run_rows(b: &mut Bench<'_>) -> Result<u64> {
         b.unmount()?;
         let main_stats = b.last_stats;
         b.resident()?;
+        b.last_stats = main_stats;
+        sys::reset_peak_rss();
+    }
+    if selected(args, "repeat") {
+        b.unmount()?;
+        let main_stats = b.last_stats;
+        b.repeat()?;
         b.last_stats = main_stats;
         sys::reset_peak_rss();
     }

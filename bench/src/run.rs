@@ -109,8 +109,9 @@ impl Run<'_> {
             peak_before_mmap,
             cpu,
             resident: std::mem::take(&mut b.resident_runs),
-            resident_notes: std::mem::take(&mut b.resident_notes),
+            row_notes: std::mem::take(&mut b.row_notes),
             s3: b.s3.take(),
+            repeat: b.repeat.take(),
         };
         let report = finish::report(args, &plan, &ws.root, machine, &self.started, measured);
         finish::publish(args, &report)

@@ -15,6 +15,7 @@ pub(crate) fn summary(r: &Report) -> String {
     let _ = targets(&mut s, r);
     let _ = memory(&mut s, r);
     let _ = resident(&mut s, r);
+    let _ = repeat(&mut s, r);
     let _ = s3(&mut s, r);
     let _ = warnings(&mut s, r);
     s
@@ -175,6 +176,64 @@ fn resident(s: &mut String, r: &Report) -> std::fmt::Result {
         for n in &res.notes {
             writeln!(s, "note: resident {tag}: {n}")?;
         }
+    }
+    Ok(())
+}
+
+/// The repeat rows: per pass the device's MiB and the time over the formula (medians over the
+/// rounds), then passes 3 and later against issue 10's goals.
+fn repeat(s: &mut String, r: &Report) -> std::fmt::Result {
+    use crate::repeat::{DEVICE_GOAL, TIME_GOAL, verdict};
+    let Some(rp) = &r.repeat else {
+        return Ok(());
+    };
+    let v = verdict(rp);
+    let tag = crate::resident::size_tag(rp.size_bytes);
+    let list = |xs: &[Option<f64>], fmt: &dyn Fn(f64) -> String| {
+        xs.iter()
+            .map(|x| x.map_or_else(|| "n/a".to_string(), fmt))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rate = |x: &Option<crate::report::Runs>| x.as_ref().map_or(0.0, |r| r.median_gbps);
+    writeln!(
+        s,
+        "repeat {tag} file through a {} pool ({} passes × {} rounds; the formula's rates, median: cold {:.2} GB/s, warm {:.2} GB/s): device MiB per pass {}; time over the formula per pass {}",
+        crate::resident::size_tag(rp.pool_bytes),
+        rp.passes,
+        rp.rounds,
+        rate(&rp.cold_gbps),
+        rate(&rp.warm_gbps),
+        list(&v.device_mib, &|x| format!("{x:.0}")),
+        list(&v.over, &|x| format!("{x:.2}×")),
+    )?;
+    let meets = |ok: bool| if ok { "meets" } else { "MISSES" };
+    let device = v.worst_device.map_or_else(
+        || "n/a (no device counter)".to_string(),
+        |d| {
+            format!(
+                "{} MiB ({} the ≤ {} MiB target: {DEVICE_GOAL}× what does not fit)",
+                d >> 20,
+                meets(d <= rp.device_goal_bytes),
+                rp.device_goal_bytes >> 20
+            )
+        },
+    );
+    let time = v.worst_over.map_or_else(
+        || "n/a".to_string(),
+        |o| {
+            format!(
+                "{o:.2}× ({} the ≤ {TIME_GOAL}× target)",
+                meets(o <= TIME_GOAL)
+            )
+        },
+    );
+    writeln!(
+        s,
+        "repeat {tag} passes 3+: most the device read in any run {device}; slowest pass (median over rounds) {time}"
+    )?;
+    for n in &rp.notes {
+        writeln!(s, "note: repeat {tag}: {n}")?;
     }
     Ok(())
 }

@@ -302,6 +302,74 @@ fn quick_json_has_every_workload_on_every_target() {
         }
     }
 
+    // The repeat rows (a file larger than the pool, read again and again): a source and a mount
+    // row per pass, and per pass what the device and the daemon read in every round.
+    let repeat: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["workload"].as_str().unwrap_or("").starts_with("repeat"))
+        .collect();
+    if !can_drop {
+        assert!(
+            repeat.iter().all(|r| r["skipped"].is_string()),
+            "repeat rows ran without dropped caches"
+        );
+    } else {
+        let rp = &doc["repeat"];
+        let passes = rp["passes"].as_u64().expect("repeat.passes") as usize;
+        let rounds = rp["rounds"].as_u64().expect("repeat.rounds") as usize;
+        let size = num(rp, "size_bytes");
+        assert!(passes >= 3 && rounds >= 3, "{rp}");
+        assert!(
+            num(rp, "pool_bytes") < size,
+            "the pool must be smaller than the file: {rp}"
+        );
+        for k in 1..=passes {
+            for t in ["source", "mount"] {
+                let what = format!("repeat-pass{k}/{t}");
+                let row = repeat
+                    .iter()
+                    .find(|r| r["workload"] == format!("repeat-pass{k}") && r["target"] == t)
+                    .unwrap_or_else(|| panic!("no row for {what}"));
+                check_runs(row, &what);
+                assert_eq!(num(row, "bytes"), size * rounds as f64, "{what} bytes");
+                if t == "mount" {
+                    assert!(row["mount_stats"].is_object(), "{what}: mount_stats");
+                }
+            }
+            let p = &rp["per_pass"][k - 1];
+            assert_eq!(p["pass"].as_u64(), Some(k as u64), "{p}");
+            for key in ["fill_bytes", "seconds", "expected_seconds", "over_expected"] {
+                let v = p[key].as_array().unwrap_or_else(|| panic!("{key}: {p}"));
+                assert_eq!(v.len(), rounds, "{key}: {p}");
+                assert!(
+                    v.iter()
+                        .all(|x| x.as_f64().is_some_and(|x| x.is_finite() && x >= 0.0)),
+                    "{key}: {p}"
+                );
+            }
+            let dev = p["device_read_bytes"]
+                .as_array()
+                .expect("device_read_bytes");
+            assert!(dev.is_empty() || dev.len() == rounds, "{p}");
+        }
+        // The first pass of a fresh mount misses everything: the daemon fills the whole file.
+        for f in rp["per_pass"][0]["fill_bytes"].as_array().expect("fills") {
+            assert!(
+                f.as_f64().unwrap_or(0.0) >= size,
+                "pass 1 filled {f} of {size}"
+            );
+        }
+        for which in ["cold", "warm"] {
+            check_runs(
+                rows.iter()
+                    .find(|r| r["workload"] == format!("repeat-rate-{which}"))
+                    .unwrap_or_else(|| panic!("no repeat-rate-{which} row")),
+                which,
+            );
+            positive(&rp[format!("{which}_gbps")], "median_gbps", which);
+        }
+    }
+
     // The pagecache row runs the mount in keep mode, every other FUSE row in direct mode.
     let mode = |w: &str| {
         rows.iter()

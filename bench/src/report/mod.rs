@@ -323,6 +323,10 @@ pub struct Report {
     /// checks and the store's fill, and the sweep.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3: Option<crate::s3::S3Report>,
+    /// The repeat rows (a file larger than the pool, read again and again): per pass the device's
+    /// and the daemon's bytes and the time against the formula, and the formula's rates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<crate::repeat::Repeat>,
     pub notes: Vec<String>,
 }
 
