@@ -336,6 +336,19 @@ fn raw_request(path: &str, line: &str) -> String {
     reply
 }
 
+/// The address the daemon's `METRICS http://ADDR/metrics` line names (waits for it).
+fn metrics_addr(d: &Daemon) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let err = d.stderr();
+        if let Some(rest) = err.split("METRICS http://").nth(1) {
+            return rest.split('/').next().expect("address").to_string();
+        }
+        assert!(Instant::now() < deadline, "no METRICS line:\n{err}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// GET http://ADDR/metrics, the body.
 fn scrape(addr: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect to /metrics");
@@ -389,15 +402,7 @@ fn metrics_are_prometheus_text_and_move_with_reads() {
             "127.0.0.1:0",
         ],
     );
-    let deadline = Instant::now() + WAIT;
-    let addr = loop {
-        let err = d.stderr();
-        if let Some(rest) = err.split("METRICS http://").nth(1) {
-            break rest.split('/').next().expect("address").to_string();
-        }
-        assert!(Instant::now() < deadline, "no METRICS line:\n{err}");
-        thread::sleep(Duration::from_millis(50));
-    };
+    let addr = metrics_addr(&d);
     let m0 = parse(&scrape(&addr));
     let hit = Some(("result", "hit"));
     let kinds: f64 = ["raw", "compressed", "pinned", "free"]
@@ -469,13 +474,7 @@ fn stats_and_metrics_say_what_a_set_prefetch_did() {
             .any(|l| l.starts_with("sets") && l.contains("1 found, 2 member(s) queued")),
         "{text}"
     );
-    let err = d.stderr();
-    let addr = err
-        .split("METRICS http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_else(|| panic!("no METRICS line:\n{err}"))
-        .to_string();
+    let addr = metrics_addr(&d);
     let m = parse(&scrape(&addr));
     assert_eq!(value(&m, "nitro_uring_sets_found_total", None), 1.0);
     assert_eq!(value(&m, "nitro_uring_set_members_queued_total", None), 2.0);

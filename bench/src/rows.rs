@@ -420,28 +420,23 @@ pub(crate) fn run_rows(b: &mut Bench<'_>) -> Result<u64> {
     if selected(args, "pagecache-seq") {
         b.pagecache_seq()?;
     }
-    if selected(args, "resident") {
-        // The memory report is the main mount's: the resident rows' own mounts and mappings (gigabytes
-        // of file pages in VmHWM) stay out of it; their RAM is reported per size instead.
-        b.unmount()?;
-        let main_stats = b.last_stats;
-        b.resident()?;
-        b.last_stats = main_stats;
-        sys::reset_peak_rss();
-    }
-    if selected(args, "repeat") {
-        b.unmount()?;
-        let main_stats = b.last_stats;
-        b.repeat()?;
-        b.last_stats = main_stats;
-        sys::reset_peak_rss();
-    }
-    if selected(args, "s3") {
-        b.unmount()?;
-        let main_stats = b.last_stats;
-        b.s3()?;
-        b.last_stats = main_stats;
-        sys::reset_peak_rss();
+    // Rows with mounts and files of their own. The memory report is the main mount's: their
+    // mounts and mappings (gigabytes of file pages in VmHWM) stay out of it; they report their
+    // RAM themselves.
+    type OwnRows = fn(&mut Bench<'_>) -> Result<()>;
+    let own: [(&str, OwnRows); 3] = [
+        ("resident", |b| b.resident()),
+        ("repeat", |b| b.repeat()),
+        ("s3", |b| b.s3()),
+    ];
+    for (id, run) in own {
+        if selected(args, id) {
+            b.unmount()?;
+            let main_stats = b.last_stats;
+            run(b)?;
+            b.last_stats = main_stats;
+            sys::reset_peak_rss();
+        }
     }
     b.check()?;
     Ok(peak_before_mmap)
