@@ -276,9 +276,9 @@ impl Bench<'_> {
             .zip(out.warm_gbps.as_ref())
             .map(|(c, w)| (c.median_gbps * 1e9, w.median_gbps * 1e9))
             .ok_or_else(|| anyhow!("the repeat rows measured no rates"))?;
-        for (k, rounds) in seen.iter().enumerate() {
+        for (k, runs) in seen.iter().enumerate() {
             out.per_pass
-                .push(pass_report(k + 1, rounds, spec.size, rates));
+                .push(pass_report(k + 1, runs, spec.size, rates));
         }
 
         let state = |k: usize| -> &'static str {
