@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Result, anyhow};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEntry, ReplyOpen, Request, SessionACL, SessionUnmounter,
+    KernelConfig, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEntry, ReplyOpen, Request, SessionACL, SessionUnmounter,
 };
 
 use nitro_uring::mount::CacheMode;
@@ -117,27 +117,13 @@ impl NullFs {
 
 impl Filesystem for NullFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Mirrors NitroFs::init (src/fs.rs) so both negotiate the same session.
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
-        // As the mount: keep mode refreshes attributes on reads (auto_inval_data).
-        let wanted = if self.mode == CacheMode::Keep {
-            wanted | InitFlags::FUSE_AUTO_INVAL_DATA
-        } else {
-            wanted
-        };
-        let supported = config.capabilities() & wanted;
-        let _ = config.add_capabilities(supported);
-        let request = (self.max_request_bytes as u32).max(4096);
-        let _ = config.set_max_write(request);
-        if let Err(max) = config.set_max_readahead(request) {
-            let _ = config.set_max_readahead(max);
-        }
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
+        // The mount's own negotiation (flags, request sizes), so both run the same session; the
+        // mount adds passthrough only when it has a store.
+        nitro_uring::fuse::negotiate(
+            config,
+            self.max_request_bytes,
+            nitro_uring::fuse::LOCAL_INIT_FLAGS,
+        );
         Ok(())
     }
 

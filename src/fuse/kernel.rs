@@ -16,23 +16,37 @@ use crate::engine::Shared;
 /// inode numbers (never reused).
 pub(crate) const GENERATION: fuser::Generation = fuser::Generation(1);
 
+/// What the local front asks the kernel for (where it has it). The bench's null filesystem, the
+/// FUSE ceiling, asks for the same, so the two negotiate the same session.
+pub const LOCAL_INIT_FLAGS: InitFlags = InitFlags::FUSE_DO_READDIRPLUS
+    .union(InitFlags::FUSE_READDIRPLUS_AUTO)
+    .union(InitFlags::FUSE_CACHE_SYMLINKS)
+    .union(InitFlags::FUSE_PARALLEL_DIROPS)
+    .union(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+
 /// Negotiates INIT: `wanted` where the kernel has it, requests no larger than the engine's buffers,
 /// and passthrough when there is a store to pass through to. Returns whether passthrough is on.
 pub(crate) fn init(config: &mut KernelConfig, shared: &Shared, wanted: InitFlags) -> bool {
+    negotiate(config, shared.max_request_bytes, wanted);
+    passthrough(config, shared)
+}
+
+/// INIT without passthrough: `wanted` where the kernel has it, and requests (reads, writes,
+/// readahead) of at most `max_request_bytes`, the largest buffer the filesystem holds for one.
+pub fn negotiate(config: &mut KernelConfig, max_request_bytes: usize, wanted: InitFlags) {
     let supported = config.capabilities() & wanted;
     let _ = config.add_capabilities(supported);
     // One request never needs more than the chunk: the engine's buffers (scratch, uncached reads)
     // hold `max_request_bytes`, and a hit is a single arena slice. fuser asks the kernel for
     // max_pages from the larger of max_write (16 MiB unless set) and max_readahead, and the kernel
     // sends reads that large (up to fs.fuse.max_pages_limit), so max_write bounds reads too.
-    let request = (shared.max_request_bytes as u32).max(4096);
+    let request = (max_request_bytes as u32).max(4096);
     let _ = config.set_max_write(request);
     if let Err(max) = config.set_max_readahead(request) {
         let _ = config.set_max_readahead(max);
     }
     let _ = config.set_max_background(64);
     let _ = config.set_congestion_threshold(48);
-    passthrough(config, shared)
 }
 
 /// Asks the kernel for passthrough (kernel >= 6.9), which needs a store to pass through to.

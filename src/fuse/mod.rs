@@ -20,6 +20,7 @@ pub(crate) mod set_prefetch;
 pub mod sys;
 pub(crate) mod versions;
 
+pub use kernel::{LOCAL_INIT_FLAGS, negotiate};
 pub use versions::RACY_WINDOW;
 
 use std::ffi::OsStr;
@@ -391,11 +392,7 @@ fn xattr_reply(result: std::io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
 
 impl Filesystem for NitroFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        let wanted = kernel::LOCAL_INIT_FLAGS;
         // No FUSE_AUTO_INVAL_DATA in keep mode: it would drop pages a held handle of an older
         // version still reads; `versions` decides at each open whose bytes the page cache holds.
         if !config
